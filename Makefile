@@ -1,0 +1,51 @@
+# The README's front door. `make run` and `make test` install what is missing first.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+AETHER := $(VENV)/bin/aether
+PYTEST_ARGS ?=
+
+.PHONY: help bootstrap run up down status env test bench dashboards clean
+
+help:
+	@echo "make run    - install what is missing, start the whole platform in the foreground (Ctrl-C stops it)"
+	@echo "make up     - the same in the background; returns when everything is ready"
+	@echo "make down   - stop everything the stack started"
+	@echo "make env    - print export lines for the running stack"
+	@echo "make test   - install and start what the tests need, run the whole suite"
+	@echo "make bench  - run every benchmark and rewrite BENCHMARKS.md"
+
+bootstrap:
+	@devstack/bootstrap.sh
+
+run: bootstrap
+	@$(AETHER) stack up --foreground
+
+up: bootstrap
+	@$(AETHER) stack up
+
+down:
+	@if [ -x $(AETHER) ]; then $(AETHER) stack down; else echo "nothing to stop (no .venv)"; fi
+
+status: bootstrap
+	@$(AETHER) stack status
+
+env: bootstrap
+	@$(AETHER) stack env
+
+# The suite starts its own API processes; the stack gives it Postgres, Kafka and Prometheus.
+test:
+	@devstack/bootstrap.sh --browser
+	@$(AETHER) stack up --services infra
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc = 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+bench: bootstrap
+	@$(AETHER) stack up --services infra
+	@$(PY) -m bench
+
+dashboards: bootstrap
+	@$(PY) -m dashboards_py
+
+clean: down
+	rm -rf .stack

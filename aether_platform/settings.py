@@ -1,0 +1,40 @@
+"""One settings object for every process (API, relay, CLI), read from the environment.
+
+The defaults match the local stack started by `aether stack up`, so nothing needs to be set
+for local work; production overrides everything through the environment.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PG_PORT = 55432
+DEFAULT_DATABASE_URL = f"postgresql://aether@127.0.0.1:{DEFAULT_PG_PORT}/crm"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    database_url: str = Field(DEFAULT_DATABASE_URL, alias="DATABASE_URL")
+    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", alias="KAFKA_BOOTSTRAP_SERVERS")
+    topic: str = Field("aetherlink.events", alias="AETHER_TOPIC")
+    topic_partitions: int = Field(3, alias="AETHER_TOPIC_PARTITIONS")
+    topic_replication_factor: int = Field(1, alias="AETHER_TOPIC_REPLICATION_FACTOR")
+    # The SSE bridge reads partitions with assign(); the group id only labels it in the health
+    # JSON and satisfies librdkafka, it never joins a consumer group.
+    stream_group: str = Field("aether-crm-events", alias="AETHER_STREAM_GROUP")
+
+    idempotency_ttl_seconds: int = Field(24 * 3600, alias="AETHER_IDEMPOTENCY_TTL_SECONDS")
+    max_body_bytes: int = Field(64 * 1024, alias="AETHER_MAX_BODY_BYTES")
+    db_pool_min: int = Field(2, alias="AETHER_DB_POOL_MIN")
+    db_pool_max: int = Field(20, alias="AETHER_DB_POOL_MAX")
+
+    relay_batch_size: int = Field(500, alias="AETHER_RELAY_BATCH_SIZE")
+    relay_max_retries: int = Field(5, alias="AETHER_RELAY_MAX_RETRIES")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""HTTP shell of the platform: CRM API, SSE stream, Command Center, metrics and health."""

@@ -1,0 +1,48 @@
+"""The FastAPI application: wiring only. Each concern lives in its own module."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from aether_platform.settings import get_settings
+from api import problems
+from api.db import make_pool
+from api.kafka_health import KafkaProbe
+from api.metrics import install as install_metrics
+from api.routers import health
+
+log = logging.getLogger("aether.api")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    settings = app.state.settings
+    pool = make_pool(settings)
+    await pool.open(wait=False)
+    app.state.pool = pool
+    app.state.kafka_probe = KafkaProbe(settings.kafka_bootstrap_servers)
+    try:
+        yield
+    finally:
+        await asyncio.wait_for(pool.close(), timeout=5)
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    app = FastAPI(
+        title="Aether CRM API",
+        version="0.1.0",
+        summary="Accounts, contacts and jobs; every write commits its outbox event in the same transaction.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    problems.install(app)
+    install_metrics(app)
+    app.include_router(health.router)
+    return app
+
+
+app = create_app()

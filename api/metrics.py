@@ -1,0 +1,68 @@
+"""/metrics in Prometheus text format, with request counters and latency histograms.
+
+uvicorn runs several worker processes; prometheus_client's multiprocess mode aggregates them
+when PROMETHEUS_MULTIPROC_DIR is set (the stack sets it), otherwise each process reports alone.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from fastapi import FastAPI
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.responses import Response
+
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+HTTP_REQUESTS = Counter("aether_http_requests_total", "HTTP requests by route template, method and status",
+                        ["route", "method", "status"])
+HTTP_LATENCY = Histogram("aether_http_request_duration_seconds", "HTTP request latency by route template",
+                         ["route", "method"], buckets=LATENCY_BUCKETS)
+
+
+def _registry() -> CollectorRegistry:
+    from prometheus_client import REGISTRY
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return registry
+    return REGISTRY
+
+
+class MetricsMiddleware:
+    """Pure ASGI (not BaseHTTPMiddleware): no per-request task, and streaming responses such as
+    SSE pass through untouched. A stream is counted when it ends."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        status = 500
+
+        async def _send(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, _send)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            HTTP_REQUESTS.labels(template, scope["method"], str(status)).inc()
+            HTTP_LATENCY.labels(template, scope["method"]).observe(time.perf_counter() - start)
+
+
+def install(app: FastAPI) -> None:
+    app.add_middleware(MetricsMiddleware)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(_registry()), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,178 @@
+"""Shared fixtures. Tests talk to real servers: the stack's PostgreSQL and Kafka (started by
+`make test`), with a database and a topic of their own per pytest session so that concurrent
+sessions and the developer's data never meet.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from aether_platform.db_url import libpq_url, with_database
+from devstack import stack
+
+REPO = Path(__file__).resolve().parent.parent
+RUN_ID = uuid.uuid4().hex[:8]
+
+
+def _stack_env() -> dict[str, str]:
+    cfg = stack.Config()
+    return {"DATABASE_URL": cfg.database_url, "KAFKA_BOOTSTRAP_SERVERS": cfg.kafka_bootstrap,
+            "PROMETHEUS_URL": cfg.prometheus_url}
+
+
+BASE_ENV = {k: os.environ.get(k) or v for k, v in _stack_env().items()}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def base_database_url() -> str:
+    """The stack's server (or DATABASE_URL's), at its `crm` database."""
+    url = BASE_ENV["DATABASE_URL"]
+    try:
+        with psycopg.connect(libpq_url(url), connect_timeout=5):
+            pass
+    except psycopg.Error as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {url}: {exc}. Run `make up` (or `make test`, which starts it).")
+    return url
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    from confluent_kafka.admin import AdminClient
+
+    bootstrap = BASE_ENV["KAFKA_BOOTSTRAP_SERVERS"]
+    md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=15)
+    assert md.brokers, f"Kafka is not reachable at {bootstrap}"
+    return bootstrap
+
+
+def create_database(base_url: str, name: str) -> str:
+    admin = libpq_url(with_database(base_url, "postgres"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return with_database(base_url, name)
+
+
+def drop_database(base_url: str, name: str) -> None:
+    admin = libpq_url(with_database(base_url, "postgres"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def alembic(url: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "alembic", "-c", str(REPO / "alembic.ini"), *args],
+                          cwd=REPO, env={**os.environ, "DATABASE_URL": url, "AETHER_ALEMBIC_QUIET": "1"},
+                          capture_output=True, text=True)
+
+
+@pytest.fixture(scope="session")
+def database_url(base_database_url) -> str:
+    """A migrated database of this session's own, dropped at the end."""
+    name = f"aether_test_{RUN_ID}"
+    url = create_database(base_database_url, name)
+    r = alembic(url, "upgrade", "head")
+    assert r.returncode == 0, r.stderr
+    os.environ["DATABASE_URL"] = url
+    yield url
+    drop_database(base_database_url, name)
+
+
+@pytest.fixture(scope="session")
+def topic(kafka_bootstrap) -> str:
+    """A 3-partition topic of this session's own, deleted at the end."""
+    from confluent_kafka.admin import AdminClient
+
+    from aether_platform.topics import TopicSpec, ensure_topic
+
+    name = f"aetherlink.events.test-{RUN_ID}"
+    ensure_topic(kafka_bootstrap, TopicSpec(name=name, partitions=3, replication_factor=1))
+    os.environ["AETHER_TOPIC"] = name
+    yield name
+    AdminClient({"bootstrap.servers": kafka_bootstrap}).delete_topics([name])
+
+
+@pytest.fixture(scope="session")
+def platform_env(database_url, kafka_bootstrap, topic) -> dict[str, str]:
+    """Environment for a platform process (API, relay) bound to this session's DB and topic."""
+    from aether_platform.settings import get_settings
+
+    get_settings.cache_clear()
+    return {"DATABASE_URL": database_url, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "AETHER_TOPIC": topic,
+            "PYTHONPATH": str(REPO)}
+
+
+class ApiServer:
+    """A real uvicorn process serving api.main:app on a free port; restartable."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, workers: int = 1, port: int | None = None):
+        self.env = env
+        self.port = port or free_port()
+        self.workers = workers
+        self.log_path = log_dir / f"api-{self.port}.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> "ApiServer":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(self.port),
+             "--workers", str(self.workers), "--no-access-log", "--timeout-graceful-shutdown", "3"],
+            cwd=REPO, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"API exited with {self.proc.returncode}; log: {self.log_path}")
+            try:
+                httpx.get(self.url + "/", timeout=1.0)
+                return self
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError(f"API did not answer within {timeout}s; log: {self.log_path}")
+
+    def stop(self, sig: int = 15) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait(timeout=5)
+        self.proc = None
+
+
+@pytest.fixture(scope="session")
+def api_server(platform_env, tmp_path_factory) -> ApiServer:
+    server = ApiServer(platform_env, tmp_path_factory.mktemp("api")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def tenant() -> str:
+    return str(uuid.uuid4())
+
+
+@pytest.fixture
+def db(database_url):
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
+        yield conn

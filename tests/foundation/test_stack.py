@@ -1,0 +1,138 @@
+"""The stack command against real servers, in an isolated state directory on its own ports so
+that the developer's (and this suite's) stack is never touched."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from tests.conftest import BASE_ENV, REPO, free_port
+
+pytestmark = pytest.mark.slow
+
+
+def _isolated_env(state_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "AETHER_TOPIC")}
+    env.update({
+        "AETHER_STACK_DIR": str(state_dir),
+        "AETHER_PG_PORT": str(free_port()),
+        "AETHER_KAFKA_PORT": str(free_port()),
+        "AETHER_KAFKA_CONTROLLER_PORT": str(free_port()),
+        "AETHER_PROMETHEUS_PORT": str(free_port()),
+        "AETHER_API_PORT": str(free_port()),
+        "AETHER_DAGSTER_PORT": str(free_port()),
+    })
+    return env
+
+
+def aether(env: dict[str, str], *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "aether_platform.cli", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _processes_mentioning(*markers: str) -> list[str]:
+    out = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if any(m in text for m in markers) and state != "Z" and "pytest" not in text:
+            out.append(text)
+    return out
+
+
+@pytest.fixture
+def state_dir():
+    # Under the checkout, not /tmp/pytest-of-root: the postgres user must be able to reach it.
+    d = REPO / ".stack" / "test-stacks" / uuid.uuid4().hex[:8]
+    d.mkdir(parents=True)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_up_twice_then_down_leaves_nothing(state_dir):
+    env = _isolated_env(state_dir)
+    first = aether(env, "stack", "up", "--services", "infra")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "postgres: ready" in first.stdout and "kafka: ready" in first.stdout and "prometheus: ready" in first.stdout
+
+    exports = dict(line.removeprefix("export ").split("=", 1)
+                   for line in aether(env, "stack", "env").stdout.splitlines())
+    assert exports["DATABASE_URL"].endswith(f":{env['AETHER_PG_PORT']}/crm")
+    assert exports["KAFKA_BOOTSTRAP_SERVERS"] == f"127.0.0.1:{env['AETHER_KAFKA_PORT']}"
+    assert set(exports) >= {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "PROMETHEUS_URL", "API_URL", "DAGSTER_URL"}
+    with psycopg.connect(exports["DATABASE_URL"]) as conn:
+        assert conn.execute("SELECT count(*) FROM outbox_events").fetchone() == (0,)
+    assert httpx.get(exports["PROMETHEUS_URL"] + "/-/ready").status_code == 200
+
+    second = aether(env, "stack", "up", "--services", "infra")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "postgres: already running" in second.stdout
+    assert "kafka: already running" in second.stdout
+    assert "prometheus: already running" in second.stdout
+
+    status = aether(env, "stack", "status").stdout
+    assert "kafka" in status and "running" in status
+
+    down = aether(env, "stack", "down")
+    assert down.returncode == 0, down.stdout + down.stderr
+    time.sleep(0.5)
+    assert _processes_mentioning(str(state_dir)) == []
+    assert "stopped" in aether(env, "stack", "status").stdout
+
+
+def test_external_servers_are_used_and_none_started(state_dir):
+    env = _isolated_env(state_dir)
+    env["DATABASE_URL"] = BASE_ENV["DATABASE_URL"]
+    env["KAFKA_BOOTSTRAP_SERVERS"] = BASE_ENV["KAFKA_BOOTSTRAP_SERVERS"]
+    r = aether(env, "stack", "up", "--services", "postgres,kafka")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "DATABASE_URL is set" in r.stdout and "KAFKA_BOOTSTRAP_SERVERS is set" in r.stdout
+    assert not (state_dir / "pg").exists() and not (state_dir / "kafka").exists()
+    assert _processes_mentioning(str(state_dir)) == []
+    exports = aether(env, "stack", "env").stdout
+    assert f"export KAFKA_BOOTSTRAP_SERVERS={BASE_ENV['KAFKA_BOOTSTRAP_SERVERS']}" in exports
+    assert "external" in aether(env, "stack", "status").stdout
+
+
+def test_timeout_names_the_piece_and_its_log(state_dir):
+    env = _isolated_env(state_dir)
+    env["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{free_port()}"  # nothing listens there
+    env["DATABASE_URL"] = BASE_ENV["DATABASE_URL"]
+    env["AETHER_EXTERNAL_WAIT_SECONDS"] = "3"
+    r = aether(env, "stack", "up", "--services", "kafka", timeout=120)
+    assert r.returncode == 1
+    assert "kafka did not become ready" in r.stderr
+
+
+def test_foreground_ctrl_c_stops_everything(state_dir):
+    env = _isolated_env(state_dir)
+    proc = subprocess.Popen([sys.executable, "-m", "aether_platform.cli", "stack", "up", "--foreground",
+                             "--services", "infra,api"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.monotonic() + 240
+    for line in proc.stdout:
+        lines.append(line)
+        if "press Ctrl-C" in line or time.monotonic() > deadline:
+            break
+    assert any("press Ctrl-C" in line for line in lines), "".join(lines)
+    assert httpx.get(f"http://127.0.0.1:{env['AETHER_API_PORT']}/").json()["service"] == "aether-api"
+    markers = (str(state_dir), f"--port {env['AETHER_API_PORT']}")
+    assert len(_processes_mentioning(*markers)) >= 4  # postgres, kafka, prometheus, uvicorn (+ workers)
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, "".join(lines) + rest
+    time.sleep(0.5)
+    assert _processes_mentioning(*markers) == []
