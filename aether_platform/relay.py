@@ -1,0 +1,472 @@
+"""The outbox relay, reader side: publishes committed outbox rows to Kafka. Plain Python; the
+Dagster jobs in aether_platform.dagster_defs only run it.
+
+Guarantees:
+- At least once. A batch is claimed with SELECT … FOR UPDATE SKIP LOCKED, produced, and marked
+  published in that same transaction only after Kafka acknowledged every record (acks=all,
+  idempotent producer). A kill at any moment rolls the claim back; the only duplicate is a
+  batch acknowledged but not yet committed, re-sent with the same event ids.
+- Per-key order. One leader at a time, elected with a session advisory lock held on the claim
+  connection itself (if that connection dies, leadership and claim die together). A successor
+  blocks on the lock, so a handover has no gap. The claim takes rows in id order and skips a row
+  whose key has an earlier unpublished row that is blocked (dead-lettered or backing off); within
+  a batch, once a key fails, its later rows are not produced.
+- Poison isolation. A permanent error (e.g. a record over MAX_MESSAGE_BYTES, refused
+  synchronously by produce()) counts against the event: retry_count + 1 and last_error, a
+  per-event backoff, and after max_retries the dead-letter state. It blocks only its own key.
+  Transient errors (broker down, timeouts) are not the event's fault: the rows get a
+  next_attempt_at, the relay backs off exponentially, and retry_count is untouched.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+import psycopg
+from confluent_kafka import KafkaError, KafkaException, Producer
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from aether_platform.db_url import libpq_url
+from aether_platform.settings import get_settings
+from aether_platform.topics import MAX_MESSAGE_BYTES
+
+log = logging.getLogger("aether.relay")
+
+RELAY_NAME = "outbox-relay"
+NOTIFY_CHANNEL = "outbox_events"  # raised by the trigger of migration 0004
+# pg_advisory_lock(int4, int4): "AETH" and lane 1. Two-int form so pg_locks shows it as
+# classid/objid with objsubid 2, which is how a leader sees a successor waiting.
+LOCK_KEY = (0x41455448, 1)
+
+# Errors that are the record's fault: retrying the same bytes can never succeed.
+PERMANENT_ERRORS = frozenset({
+    KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_MSG,
+    KafkaError.INVALID_MSG_SIZE, KafkaError.INVALID_RECORD,
+})
+
+# A row may be claimed when it is pending, due, and no earlier row of its key is blocked.
+# Shared with the Dagster sensor so that it never launches a run that would find nothing to do.
+ELIGIBLE = """
+    e.published_at IS NULL AND e.dead_lettered_at IS NULL
+    AND (e.next_attempt_at IS NULL OR e.next_attempt_at <= clock_timestamp())
+    AND NOT EXISTS (
+        SELECT 1 FROM outbox_events b
+        WHERE b.aggregate_key = e.aggregate_key AND b.id < e.id AND b.published_at IS NULL
+          AND (b.dead_lettered_at IS NOT NULL OR b.next_attempt_at > clock_timestamp()))
+"""
+
+CLAIM_SQL = f"""
+    SELECT e.id, e.event_id::text, e.type, e.tenant_id::text, e.aggregate_key, e.payload::text,
+           to_char(e.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), e.traceparent
+    FROM outbox_events e
+    WHERE {ELIGIBLE}
+    ORDER BY e.id
+    LIMIT %s
+    FOR UPDATE OF e SKIP LOCKED
+"""
+
+MARK_PUBLISHED_SQL = """
+    UPDATE outbox_events o SET published_at = clock_timestamp(), kafka_partition = u.p, kafka_offset = u.o
+    FROM unnest(%s::bigint[], %s::int[], %s::bigint[]) AS u(id, p, o) WHERE o.id = u.id
+"""
+
+# Backoff doubles with each failed attempt of the event: base, 2·base, 4·base … up to the cap.
+MARK_PERMANENT_SQL = """
+    UPDATE outbox_events o SET
+        retry_count = coalesce(o.retry_count, 0) + 1,
+        last_error = u.err,
+        next_attempt_at = clock_timestamp()
+            + make_interval(secs => least(%(cap)s, %(base)s * power(2, coalesce(o.retry_count, 0)))),
+        dead_lettered_at = CASE WHEN coalesce(o.retry_count, 0) + 1 >= %(max)s THEN clock_timestamp() END
+    FROM unnest(%(ids)s::bigint[], %(errs)s::text[]) AS u(id, err) WHERE o.id = u.id
+    RETURNING o.dead_lettered_at IS NOT NULL
+"""
+
+MARK_TRANSIENT_SQL = """
+    UPDATE outbox_events o SET last_error = u.err, next_attempt_at = clock_timestamp() + make_interval(secs => %s)
+    FROM unnest(%s::bigint[], %s::text[]) AS u(id, err) WHERE o.id = u.id
+"""
+
+STATUS_SQL = """
+    INSERT INTO relay_status AS s (relay, heartbeat_at, run_id, mode, published_total, attempts_total,
+                                   failures_total, dead_lettered_total)
+    VALUES (%(relay)s, now(), %(run_id)s, %(mode)s, %(published)s, %(attempts)s, %(failures)s, %(dead)s)
+    ON CONFLICT (relay) DO UPDATE SET
+        heartbeat_at = now(), run_id = excluded.run_id, mode = excluded.mode,
+        published_total = s.published_total + excluded.published_total,
+        attempts_total = s.attempts_total + excluded.attempts_total,
+        failures_total = s.failures_total + excluded.failures_total,
+        dead_lettered_total = s.dead_lettered_total + excluded.dead_lettered_total
+"""
+
+SUCCESSOR_WAITING_SQL = """
+    SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+                   WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database()
+                     AND l.classid = %s::oid AND l.objid = %s::oid AND l.objsubid = 2)
+"""
+
+
+class RelaySettings(BaseSettings):
+    """Relay knobs from the environment; the shared ones (batch size, max retries) come from
+    aether_platform.settings."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    # Upper bound on how long a batch waits for its delivery reports before the rows count as a
+    # transient failure and back off.
+    message_timeout_ms: int = Field(30_000, alias="AETHER_RELAY_MESSAGE_TIMEOUT_MS")
+    retry_backoff_seconds: float = Field(1.0, alias="AETHER_RELAY_RETRY_BACKOFF_SECONDS")
+    retry_backoff_cap_seconds: float = Field(300.0, alias="AETHER_RELAY_RETRY_BACKOFF_CAP_SECONDS")
+    transient_backoff_seconds: float = Field(0.5, alias="AETHER_RELAY_TRANSIENT_BACKOFF_SECONDS")
+    transient_backoff_cap_seconds: float = Field(30.0, alias="AETHER_RELAY_TRANSIENT_BACKOFF_CAP_SECONDS")
+    heartbeat_seconds: float = Field(2.0, alias="AETHER_RELAY_HEARTBEAT_SECONDS")
+    observe_seconds: float = Field(10.0, alias="AETHER_RELAY_OBSERVE_SECONDS")
+    # A streaming relay past its lifetime keeps leading until a successor waits for the lock,
+    # but no longer than this, so that a missing successor cannot keep it alive for ever.
+    handover_grace_seconds: float = Field(120.0, alias="AETHER_RELAY_HANDOVER_GRACE_SECONDS")
+    linger_ms: int = Field(5, alias="AETHER_RELAY_LINGER_MS")
+
+
+@dataclass
+class RelayConfig:
+    dsn: str
+    bootstrap: str
+    topic: str
+    batch_size: int = 500
+    max_retries: int = 5
+    message_timeout_ms: int = 30_000
+    retry_backoff_seconds: float = 1.0
+    retry_backoff_cap_seconds: float = 300.0
+    transient_backoff_seconds: float = 0.5
+    transient_backoff_cap_seconds: float = 30.0
+    heartbeat_seconds: float = 2.0
+    observe_seconds: float = 10.0
+    handover_grace_seconds: float = 120.0
+    linger_ms: int = 5
+    # The idle claim interval in streaming mode: wakes for rows whose backoff has expired, which
+    # raise no notification.
+    idle_poll_seconds: float = 1.0
+
+    @classmethod
+    def from_env(cls, **overrides) -> "RelayConfig":
+        s, r = get_settings(), RelaySettings()
+        values = dict(dsn=s.database_url, bootstrap=s.kafka_bootstrap_servers, topic=s.topic,
+                      batch_size=s.relay_batch_size, max_retries=s.relay_max_retries, **r.model_dump())
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def producer_config(self) -> dict:
+        quiet = logging.getLogger("aether.relay.kafka")
+        return {
+            "bootstrap.servers": self.bootstrap,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": self.linger_ms,
+            "batch.size": MAX_MESSAGE_BYTES - 64 * 1024,
+            "batch.num.messages": 100_000,
+            "compression.type": "lz4",
+            # Same limit as the topic: an oversized record fails at produce(), before the
+            # later events of its key are sent, instead of in a delivery report.
+            "message.max.bytes": MAX_MESSAGE_BYTES,
+            "message.timeout.ms": self.message_timeout_ms,
+            "queue.buffering.max.messages": 1_000_000,
+            "queue.buffering.max.kbytes": 1_048_576,
+            # The Java client's partitioner, so every producer of a key picks the same partition.
+            "partitioner": "murmur2_random",
+            "logger": quiet,
+        }
+
+
+@dataclass
+class Totals:
+    published: int = 0
+    attempts: int = 0
+    failures: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+
+    def add(self, other: "Totals") -> None:
+        self.published += other.published
+        self.attempts += other.attempts
+        self.failures += other.failures
+        self.dead_lettered += other.dead_lettered
+        self.batches += other.batches
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    pending: int
+    oldest_pending_age_seconds: float | None
+    dead_lettered: int
+
+
+def outbox_stats(conn: psycopg.Connection) -> OutboxStats:
+    """Pending (not dead-lettered) count and oldest age, and the dead-lettered count."""
+    row = conn.execute(
+        "SELECT count(*) FILTER (WHERE dead_lettered_at IS NULL),"
+        " extract(epoch FROM clock_timestamp() - min(occurred_at) FILTER (WHERE dead_lettered_at IS NULL)),"
+        " count(*) FILTER (WHERE dead_lettered_at IS NOT NULL)"
+        " FROM outbox_events WHERE published_at IS NULL").fetchone()
+    return OutboxStats(pending=row[0], oldest_pending_age_seconds=None if row[1] is None else float(row[1]),
+                       dead_lettered=row[2])
+
+
+def has_eligible(conn: psycopg.Connection) -> bool:
+    return conn.execute(f"SELECT EXISTS (SELECT 1 FROM outbox_events e WHERE {ELIGIBLE})").fetchone()[0]
+
+
+def requeue(conn: psycopg.Connection, event_ids: list[str] | None = None) -> int:
+    """Give dead-lettered events a fresh set of attempts, once their cause is fixed. None means
+    all of them. Returns how many were requeued."""
+    sql = ("UPDATE outbox_events SET dead_lettered_at = NULL, retry_count = 0, next_attempt_at = NULL"
+           " WHERE dead_lettered_at IS NOT NULL AND published_at IS NULL")
+    if event_ids is None:
+        cur = conn.execute(sql)
+    else:
+        cur = conn.execute(sql + " AND event_id = ANY(%s::uuid[])", ([str(uuid.UUID(e)) for e in event_ids],))
+    return cur.rowcount
+
+
+_HELD_BACK = object()  # not produced: an earlier event of its key failed in this batch
+
+
+@dataclass
+class _Outcome:
+    published: list[tuple[int, int, int]] = field(default_factory=list)
+    permanent: list[tuple[int, str]] = field(default_factory=list)
+    transient: list[tuple[int, str]] = field(default_factory=list)
+    held_back: int = 0
+    broken_producer: bool = False
+
+
+class Relay:
+    """One relay process's loop. `run()` returns when the batch mode has drained, the streaming
+    lifetime has ended (and a successor took over or the grace ran out), or `stop()` was called."""
+
+    def __init__(self, config: RelayConfig, mode: str = "batch", run_id: str | None = None,
+                 on_progress: Callable[[OutboxStats, Totals], None] | None = None):
+        if mode not in ("batch", "streaming"):
+            raise ValueError(f"mode must be batch or streaming, not {mode!r}")
+        self.config = config
+        self.mode = mode
+        self.run_id = run_id
+        self.on_progress = on_progress
+        self.totals = Totals()
+        self._unflushed = Totals()
+        self._stopping = False
+        self._producer: Producer | None = None
+        self._transient_streak = 0
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self, lifetime_seconds: float | None = None) -> Totals:
+        cfg = self.config
+        started = time.monotonic()
+        with psycopg.connect(libpq_url(cfg.dsn)) as conn:
+            if not self._lead(conn):
+                return self.totals
+            listener = psycopg.connect(libpq_url(cfg.dsn), autocommit=True) if self.mode == "streaming" else None
+            try:
+                if listener is not None:
+                    listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                self._producer = Producer(cfg.producer_config())
+                last_beat = last_observe = last_retire_check = 0.0
+                while not self._stopping:
+                    claimed, outcome = self._cycle(conn)
+                    now = time.monotonic()
+                    if now - last_beat >= cfg.heartbeat_seconds:
+                        self._beat(conn)
+                        last_beat = now
+                    if self.on_progress and now - last_observe >= cfg.observe_seconds:
+                        self._observe(conn)
+                        last_observe = now
+                    if outcome.transient or outcome.broken_producer:
+                        self._back_off(conn, outcome)
+                        continue
+                    self._transient_streak = 0
+                    if lifetime_seconds is not None and now - last_retire_check >= 1.0:
+                        last_retire_check = now
+                        if self._retire(conn, now - started - lifetime_seconds):
+                            break
+                    if claimed == cfg.batch_size:
+                        continue
+                    if self.mode == "batch":
+                        if claimed == 0:
+                            break
+                        continue
+                    if claimed:
+                        continue
+                    # Notifications that arrive while a batch is in flight are queued, so a
+                    # commit is never missed between the claim and this wait.
+                    for _ in listener.notifies(timeout=min(cfg.idle_poll_seconds, cfg.heartbeat_seconds),
+                                               stop_after=1):
+                        pass
+            finally:
+                if listener is not None:
+                    listener.close()
+                # An unfinished batch is rolled back, never marked: what it sent is re-sent later.
+                if not conn.broken:
+                    conn.rollback()
+                    self._beat(conn)
+                    if self.on_progress:
+                        self._observe(conn)
+        return self.totals
+
+    def _lead(self, conn: psycopg.Connection) -> bool:
+        """Block until this relay holds the leader lock (True) or is stopped (False). Waits in
+        one-second lock waits so that stop() is honoured, and so a leader can see it waiting."""
+        while not self._stopping:
+            try:
+                conn.execute("SET LOCAL lock_timeout = '1s'")
+                conn.execute("SELECT pg_advisory_lock(%s, %s)", LOCK_KEY)
+                conn.commit()
+                log.info("relay %s leads (%s mode)", self.run_id, self.mode)
+                return True
+            except psycopg.errors.LockNotAvailable:
+                conn.rollback()
+        return False
+
+    def _retire(self, conn: psycopg.Connection, overtime: float) -> bool:
+        if overtime < 0:
+            return False
+        if overtime >= self.config.handover_grace_seconds:
+            return True
+        waiting = conn.execute(SUCCESSOR_WAITING_SQL, LOCK_KEY).fetchone()[0]
+        conn.commit()
+        return waiting
+
+    # ------------------------------------------------------------------ one batch
+
+    def _cycle(self, conn: psycopg.Connection) -> tuple[int, _Outcome]:
+        cfg = self.config
+        rows = conn.execute(CLAIM_SQL, (cfg.batch_size,)).fetchall()
+        if not rows:
+            conn.commit()
+            return 0, _Outcome()
+        outcome = self._publish(rows)
+        dead = 0
+        if outcome.published:
+            ids, parts, offsets = zip(*outcome.published)
+            conn.execute(MARK_PUBLISHED_SQL, (list(ids), list(parts), list(offsets)))
+        if outcome.permanent:
+            ids, errs = zip(*outcome.permanent)
+            cur = conn.execute(MARK_PERMANENT_SQL, {
+                "ids": list(ids), "errs": list(errs), "max": cfg.max_retries,
+                "base": cfg.retry_backoff_seconds, "cap": cfg.retry_backoff_cap_seconds})
+            dead = sum(1 for (d,) in cur.fetchall() if d)
+        if outcome.transient:
+            ids, errs = zip(*outcome.transient)
+            conn.execute(MARK_TRANSIENT_SQL, (self._transient_delay(), list(ids), list(errs)))
+        conn.commit()
+        failures = len(outcome.permanent) + len(outcome.transient)
+        batch = Totals(published=len(outcome.published), attempts=len(rows) - outcome.held_back,
+                       failures=failures, dead_lettered=dead, batches=1)
+        self.totals.add(batch)
+        self._unflushed.add(batch)
+        return len(rows), outcome
+
+    def _publish(self, rows: list[tuple]) -> _Outcome:
+        """Produce the batch and wait for every delivery report."""
+        producer = self._producer
+        produce, poll = producer.produce, producer.poll
+        topic = self.config.topic
+        reports: list = [None] * len(rows)
+        failed_keys: set[str] = set()
+        out = _Outcome()
+        for i, (_id, event_id, etype, tenant, key, payload, occurred, traceparent) in enumerate(rows):
+            if key in failed_keys:
+                reports[i] = _HELD_BACK
+                out.held_back += 1
+                continue
+            headers = [("event_id", event_id), ("event_type", etype), ("tenant_id", tenant), ("occurred_at", occurred)]
+            if traceparent:
+                headers.append(("traceparent", traceparent))
+
+            def report(err, msg, i=i):
+                reports[i] = err if err is not None else (msg.partition(), msg.offset())
+
+            while True:
+                try:
+                    produce(topic, payload, key, on_delivery=report, headers=headers)
+                    break
+                except BufferError:
+                    poll(0.05)
+                except KafkaException as exc:
+                    reports[i] = exc.args[0]
+                    failed_keys.add(key)
+                    break
+        left = producer.flush(self.config.message_timeout_ms / 1000 + 10)
+        for (row_id, *_rest), rep in zip(rows, reports):
+            if isinstance(rep, tuple):
+                out.published.append((row_id, rep[0], rep[1]))
+            elif isinstance(rep, KafkaError):
+                entry = (row_id, f"{rep.name()}: {rep.str()}")
+                (out.permanent if rep.code() in PERMANENT_ERRORS else out.transient).append(entry)
+                out.broken_producer |= rep.fatal()
+            elif rep is None:
+                out.transient.append((row_id, "no delivery report before the flush deadline"))
+        if left:
+            out.broken_producer = True
+        return out
+
+    # ------------------------------------------------------------------ failures and progress
+
+    def _transient_delay(self) -> float:
+        cfg = self.config
+        return min(cfg.transient_backoff_cap_seconds, cfg.transient_backoff_seconds * 2 ** self._transient_streak)
+
+    def _back_off(self, conn: psycopg.Connection, outcome: _Outcome) -> None:
+        delay = self._transient_delay()
+        self._transient_streak += 1
+        log.warning("relay: transient failure of %d events (%s); backing off %.1fs", len(outcome.transient),
+                    outcome.transient[0][1] if outcome.transient else "producer failed", delay)
+        if outcome.broken_producer:
+            # A fatal idempotence error, or records still queued: only a new producer (new
+            # producer id) is safe to use.
+            self._producer = Producer(self.config.producer_config())
+        self._beat(conn)
+        deadline = time.monotonic() + delay
+        while not self._stopping and time.monotonic() < deadline:
+            time.sleep(min(0.2, deadline - time.monotonic()))
+
+    def _beat(self, conn: psycopg.Connection) -> None:
+        """Heartbeat and the counters since the last beat, in one upsert."""
+        u = self._unflushed
+        conn.execute(STATUS_SQL, {"relay": RELAY_NAME, "run_id": self.run_id, "mode": self.mode,
+                                  "published": u.published, "attempts": u.attempts, "failures": u.failures,
+                                  "dead": u.dead_lettered})
+        conn.commit()
+        self._unflushed = Totals()
+
+    def _observe(self, conn: psycopg.Connection) -> None:
+        stats = outbox_stats(conn)
+        conn.commit()
+        self.on_progress(stats, self.totals)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m aether_platform.relay`: the relay outside Dagster (tests, benchmarks, ops)."""
+    p = argparse.ArgumentParser(prog="python -m aether_platform.relay", description=__doc__.split("\n")[0])
+    p.add_argument("--mode", choices=["batch", "streaming"], default="batch")
+    p.add_argument("--lifetime", type=float, help="streaming: seconds before handing over")
+    p.add_argument("--batch-size", type=int)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    relay = Relay(RelayConfig.from_env(batch_size=args.batch_size), mode=args.mode, run_id=f"cli-{uuid.uuid4().hex[:8]}")
+    signal.signal(signal.SIGTERM, lambda *_: relay.stop())
+    totals = relay.run(lifetime_seconds=args.lifetime)
+    log.info("relay done: %s", totals)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
