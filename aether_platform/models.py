@@ -10,13 +10,14 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     Column,
-    ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
     String,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, UUID
@@ -104,18 +105,27 @@ accounts = Table(
     Column("name", String(200), nullable=False),
     *_audit_columns(),
     Index("ix_accounts_tenant_created", "tenant_id", "created_at", "id"),
+    # Target of the tenant-scoped foreign keys below.
+    UniqueConstraint("id", "tenant_id", name="uq_accounts_id_tenant"),
 )
+
+
+def _tenant_account_fk(name: str) -> ForeignKeyConstraint:
+    # (account_id, tenant_id) → accounts(id, tenant_id): the database itself refuses a row that
+    # points at another tenant's account, whatever the API code does.
+    return ForeignKeyConstraint(["account_id", "tenant_id"], ["accounts.id", "accounts.tenant_id"], name=name)
 
 contacts = Table(
     "contacts",
     metadata,
     Column("id", UUID(as_uuid=True), primary_key=True),
     Column("tenant_id", UUID(as_uuid=True), nullable=False),
-    Column("account_id", UUID(as_uuid=True), ForeignKey("accounts.id", name="fk_contacts_account")),
+    Column("account_id", UUID(as_uuid=True)),
     Column("name", String(200), nullable=False),
     Column("email", String(320)),
     Column("phone", String(50)),
     *_audit_columns(),
+    _tenant_account_fk("fk_contacts_account"),
     Index("ix_contacts_tenant_created", "tenant_id", "created_at", "id"),
     Index("ix_contacts_account", "account_id"),
 )
@@ -125,10 +135,11 @@ jobs = Table(
     metadata,
     Column("id", UUID(as_uuid=True), primary_key=True),
     Column("tenant_id", UUID(as_uuid=True), nullable=False),
-    Column("account_id", UUID(as_uuid=True), ForeignKey("accounts.id", name="fk_jobs_account")),
+    Column("account_id", UUID(as_uuid=True)),
     Column("title", String(200), nullable=False),
     Column("status", String(20), nullable=False),
     *_audit_columns(),
+    _tenant_account_fk("fk_jobs_account"),
     CheckConstraint(
         "status IN (" + ", ".join(f"'{s}'" for s in JOB_STATUSES) + ")", name="ck_jobs_status"
     ),

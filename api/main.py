@@ -11,8 +11,9 @@ from aether_platform.settings import get_settings
 from api import problems
 from api.db import make_pool
 from api.kafka_health import KafkaProbe
+from api.limits import BodySizeLimit
 from api.metrics import install as install_metrics
-from api.routers import health
+from api.routers import health, resources
 
 log = logging.getLogger("aether.api")
 
@@ -39,9 +40,14 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    # Middlewares wrap in reverse order of addition: metrics outermost (it counts 413s and 500s
+    # too), then the 500 safety net, then the body limit.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     problems.install(app)
     install_metrics(app)
     app.include_router(health.router)
+    for router in (resources.accounts, resources.contacts, resources.jobs):
+        app.include_router(router)
     return app
 
 

@@ -18,6 +18,14 @@ HTTP_REQUESTS = Counter("aether_http_requests_total", "HTTP requests by route te
                         ["route", "method", "status"])
 HTTP_LATENCY = Histogram("aether_http_request_duration_seconds", "HTTP request latency by route template",
                          ["route", "method"], buckets=LATENCY_BUCKETS)
+# Claim to commit of the write transaction (business row + idempotency record + outbox event):
+# the SLO's "write latency".
+OUTBOX_WRITE_SECONDS = Histogram("aether_outbox_write_duration_seconds",
+                                 "Time to commit a write with its outbox event, by aggregate", ["aggregate"],
+                                 buckets=LATENCY_BUCKETS)
+IDEMPOTENCY_REPLAYS = Counter("aether_idempotency_replays_total", "Responses replayed for a reused Idempotency-Key")
+IDEMPOTENCY_CONFLICTS = Counter("aether_idempotency_conflicts_total",
+                                "Idempotency-Key conflicts: in_flight (409) or mismatch (422)", ["reason"])
 
 
 def _registry() -> CollectorRegistry:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 
 import orjson
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -57,11 +59,53 @@ def install(app: FastAPI) -> None:
         return problem_response(exc.status_code, _reason(exc.status_code), str(exc.detail) if exc.detail else None,
                                 instance=request.url.path, headers=getattr(exc, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def _unhandled(request: Request, exc: Exception):
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(500, "Internal Server Error", "The error was logged; retry later.",
-                                instance=request.url.path)
+    # The database is down or restarting: tell the client to come back, never a 500. The pool
+    # reconnects by itself once the server answers again.
+    async def _unavailable(request: Request, exc: Exception):
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        return problem_response(503, "Service Unavailable", "The database is unavailable; retry shortly.",
+                                instance=request.url.path, headers={"Retry-After": "2"})
+
+    app.add_exception_handler(psycopg.OperationalError, _unavailable)
+    app.add_exception_handler(PoolTimeout, _unavailable)
+
+    @app.exception_handler(orjson.JSONDecodeError)
+    async def _bad_json(request: Request, exc: Exception):
+        return problem_response(400, "Malformed JSON", "The request body is not valid JSON.", instance=request.url.path)
+
+    # Last: outermost of our middlewares, so that it sees every escaped exception.
+    app.add_middleware(UnhandledErrors)
+
+
+class UnhandledErrors:
+    """Any exception that escapes the app becomes a logged 500 problem without a stack trace.
+
+    Pure ASGI rather than an `Exception` handler: Starlette's ServerErrorMiddleware re-raises
+    after answering, and uvicorn then drops the connection; here the answer is sent and the
+    exception ends with the log line."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracking_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                response = problem_response(500, "Internal Server Error", "The error was logged; retry later.",
+                                            instance=scope.get("path"))
+                await response(scope, receive, send)
 
 
 def _reason(status: int) -> str:

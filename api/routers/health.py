@@ -1,14 +1,15 @@
 """GET /: the seed's health JSON. `ok` needs both the database and Kafka; otherwise 503."""
 from __future__ import annotations
 
+import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import Response
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/", summary="Health: database and Kafka reachability")
-async def health(request: Request) -> ORJSONResponse:
+async def health(request: Request) -> Response:
     state = request.app.state
     db_ok = await _db_ok(state.pool)
     kafka_ok = await state.kafka_probe.reachable()
@@ -24,7 +25,8 @@ async def health(request: Request) -> ORJSONResponse:
     hub = getattr(state, "stream_hub", None)
     if hub is not None:
         body.update(hub.health())
-    return ORJSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
+    return Response(orjson.dumps(body), status_code=200 if body["status"] == "ok" else 503,
+                    media_type="application/json")
 
 
 async def _db_ok(pool) -> bool:

@@ -24,6 +24,11 @@ def _audit():
     ]
 
 
+def _tenant_fk(name: str) -> sa.ForeignKeyConstraint:
+    # A row may only point at an account of its own tenant: enforced by the database.
+    return sa.ForeignKeyConstraint(["account_id", "tenant_id"], ["accounts.id", "accounts.tenant_id"], name=name)
+
+
 def upgrade() -> None:
     op.create_table(
         "accounts",
@@ -31,6 +36,7 @@ def upgrade() -> None:
         sa.Column("tenant_id", pg.UUID(as_uuid=True), nullable=False),
         sa.Column("name", sa.String(200), nullable=False),
         *_audit(),
+        sa.UniqueConstraint("id", "tenant_id", name="uq_accounts_id_tenant"),
     )
     op.create_index("ix_accounts_tenant_created", "accounts", ["tenant_id", "created_at", "id"])
 
@@ -38,11 +44,12 @@ def upgrade() -> None:
         "contacts",
         sa.Column("id", pg.UUID(as_uuid=True), primary_key=True),
         sa.Column("tenant_id", pg.UUID(as_uuid=True), nullable=False),
-        sa.Column("account_id", pg.UUID(as_uuid=True), sa.ForeignKey("accounts.id", name="fk_contacts_account")),
+        sa.Column("account_id", pg.UUID(as_uuid=True)),
         sa.Column("name", sa.String(200), nullable=False),
         sa.Column("email", sa.String(320)),
         sa.Column("phone", sa.String(50)),
         *_audit(),
+        _tenant_fk("fk_contacts_account"),
     )
     op.create_index("ix_contacts_tenant_created", "contacts", ["tenant_id", "created_at", "id"])
     op.create_index("ix_contacts_account", "contacts", ["account_id"])
@@ -51,10 +58,11 @@ def upgrade() -> None:
         "jobs",
         sa.Column("id", pg.UUID(as_uuid=True), primary_key=True),
         sa.Column("tenant_id", pg.UUID(as_uuid=True), nullable=False),
-        sa.Column("account_id", pg.UUID(as_uuid=True), sa.ForeignKey("accounts.id", name="fk_jobs_account")),
+        sa.Column("account_id", pg.UUID(as_uuid=True)),
         sa.Column("title", sa.String(200), nullable=False),
         sa.Column("status", sa.String(20), nullable=False),
         *_audit(),
+        _tenant_fk("fk_jobs_account"),
         sa.CheckConstraint(
             "status IN (" + ", ".join(f"'{s}'" for s in JOB_STATUSES) + ")", name="ck_jobs_status"
         ),

@@ -1,0 +1,134 @@
+"""The CRM resources: one router per aggregate, all built by `resource_router` so that accounts,
+contacts and jobs share one tested implementation of create, read, list, patch and delete."""
+
+import uuid
+from datetime import timedelta
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel
+
+from aether_platform import crm, idempotency
+from aether_platform.idempotency import IdempotentRequest, Verdict
+from api import schemas
+from api.deps import idempotency_key, tenant_id, traceparent
+from api.metrics import IDEMPOTENCY_CONFLICTS, IDEMPOTENCY_REPLAYS, OUTBOX_WRITE_SECONDS
+from api.problems import Problem, problem_response
+
+PROBLEM = {"model": schemas.ProblemOut, "content": {"application/problem+json": {}}}
+WRITE_ERRORS = {400: PROBLEM, 404: PROBLEM, 409: PROBLEM, 413: PROBLEM, 422: PROBLEM, 503: PROBLEM}
+READ_ERRORS = {400: PROBLEM, 404: PROBLEM, 422: PROBLEM, 503: PROBLEM}
+
+Tenant = Annotated[uuid.UUID, Depends(tenant_id)]
+Key = Annotated[str, Depends(idempotency_key)]
+Trace = Annotated[str | None, Depends(traceparent)]
+
+
+async def run_write(request: Request, tenant: uuid.UUID, key: str, command: crm.Command, status_code: int,
+                    aggregate: str, location=None) -> Response:
+    body = await request.body()
+    req = IdempotentRequest(
+        tenant_id=tenant, key=key, method=request.method, path=request.url.path,
+        fingerprint=idempotency.fingerprint(request.method, request.url.path, orjson.loads(body) if body else None),
+        ttl=timedelta(seconds=request.app.state.settings.idempotency_ttl_seconds))
+    try:
+        async with request.app.state.pool.connection() as conn:
+            result = await crm.write(conn, req, command, status_code, location)
+    except crm.DomainError as exc:
+        raise Problem(exc.status, exc.title, exc.detail) from None
+    if result.verdict is Verdict.EXECUTE:
+        OUTBOX_WRITE_SECONDS.labels(aggregate).observe(result.seconds)
+        return Response(result.body, status_code=result.status_code, headers=result.headers)
+    if result.verdict is Verdict.REPLAY:
+        IDEMPOTENCY_REPLAYS.inc()
+        return Response(result.body, status_code=result.status_code,
+                        headers={**result.headers, "Idempotent-Replayed": "true"})
+    if result.verdict is Verdict.IN_FLIGHT:
+        IDEMPOTENCY_CONFLICTS.labels("in_flight").inc()
+        return problem_response(409, "Request in flight",
+                                "A request with this Idempotency-Key is still being processed; retry shortly.",
+                                instance=request.url.path, headers={"Retry-After": "1"})
+    IDEMPOTENCY_CONFLICTS.labels("mismatch").inc()
+    return problem_response(422, "Idempotency-Key reused",
+                            "This Idempotency-Key was used for a different request (method, path or body).",
+                            instance=request.url.path)
+
+
+def _columns(spec: crm.AggregateSpec, body: BaseModel, only_set: bool) -> dict:
+    by_api = {f.api: f.column for f in spec.fields}
+    data = body.model_dump(by_alias=True, exclude_unset=only_set)
+    return {by_api[k]: v for k, v in data.items()}
+
+
+def resource_router(spec: crm.AggregateSpec, plural: str, create_model: type[BaseModel], patch_model: type[BaseModel],
+                    out_model: type[BaseModel], page_model: type[BaseModel]) -> APIRouter:
+    router = APIRouter(prefix=f"/api/crm/{plural}", tags=[plural])
+    noun = spec.name
+
+    def location(resource: dict) -> str:
+        return f"/api/crm/{plural}/{resource['id']}"
+
+    @router.post("", status_code=202, summary=f"Create a {noun}", response_model=out_model,
+                 responses=WRITE_ERRORS, operation_id=f"create_{noun}")
+    async def create(body: create_model, request: Request, tenant: Tenant, key: Key, trace: Trace):  # type: ignore[valid-type]
+        command = crm.create(spec, tenant, _columns(spec, body, only_set=False), trace)
+        return await run_write(request, tenant, key, command, 202, spec.name, location)
+
+    @router.get("/{item_id}", summary=f"Read a {noun}", response_model=out_model, responses=READ_ERRORS,
+                operation_id=f"get_{noun}")
+    async def read(item_id: uuid.UUID, request: Request, tenant: Tenant):
+        async with request.app.state.pool.connection() as conn:
+            try:
+                resource = await crm.get(conn, spec, tenant, item_id)
+            except crm.DomainError as exc:
+                raise Problem(exc.status, exc.title, exc.detail) from None
+        return Response(orjson.dumps(resource), media_type="application/json")
+
+    filter_params = {col: next(f.api for f in spec.fields if f.column == col) for col in spec.filters}
+
+    @router.get("", summary=f"List {plural}, newest first", response_model=page_model, responses=READ_ERRORS,
+                operation_id=f"list_{plural}")
+    async def list_(request: Request, tenant: Tenant,
+                    limit: Annotated[int, Query(ge=1, le=200, description="Page size, 1-200")] = 50,
+                    cursor: Annotated[str | None, Query(max_length=200, description="nextCursor of the previous page")] = None,
+                    status: Annotated[schemas.JobStatus | None, Query(include_in_schema="status" in filter_params)] = None,
+                    accountId: Annotated[uuid.UUID | None, Query(include_in_schema="account_id" in filter_params)] = None):
+        filters = {}
+        if status is not None and "status" in filter_params:
+            filters["status"] = status
+        if accountId is not None and "account_id" in filter_params:
+            filters["account_id"] = accountId
+        async with request.app.state.pool.connection() as conn:
+            try:
+                items, next_cursor = await crm.list_page(conn, spec, tenant, filters, limit, cursor)
+            except crm.DomainError as exc:
+                raise Problem(exc.status, exc.title, exc.detail) from None
+        return Response(orjson.dumps({"items": items, "nextCursor": next_cursor}), media_type="application/json")
+
+    @router.patch("/{item_id}", summary=f"Change a {noun}", response_model=out_model, responses=WRITE_ERRORS,
+                  operation_id=f"update_{noun}")
+    async def patch(item_id: uuid.UUID, body: patch_model, request: Request, tenant: Tenant, key: Key,  # type: ignore[valid-type]
+                    trace: Trace):
+        changes = _columns(spec, body, only_set=True)
+        if not changes:
+            raise Problem(422, "Nothing to change", "The body must set at least one field.")
+        nulls = [c for c, v in changes.items() if v is None and c != "account_id" and c not in ("email", "phone")]
+        if nulls:
+            raise Problem(422, "Field cannot be null", f"{', '.join(nulls)} cannot be null.")
+        return await run_write(request, tenant, key, crm.update(spec, tenant, item_id, changes, trace), 200, spec.name)
+
+    @router.delete("/{item_id}", summary=f"Delete a {noun}", status_code=204, responses=WRITE_ERRORS,
+                   operation_id=f"delete_{noun}")
+    async def remove(item_id: uuid.UUID, request: Request, tenant: Tenant, key: Key, trace: Trace):
+        return await run_write(request, tenant, key, crm.delete(spec, tenant, item_id, trace), 204, spec.name)
+
+    return router
+
+
+jobs = resource_router(crm.JOB, "jobs", schemas.JobCreate, schemas.JobPatch, schemas.JobOut, schemas.JobPage)
+accounts = resource_router(crm.ACCOUNT, "accounts", schemas.AccountCreate, schemas.AccountPatch, schemas.AccountOut,
+                           schemas.AccountPage)
+contacts = resource_router(crm.CONTACT, "contacts", schemas.ContactCreate, schemas.ContactPatch, schemas.ContactOut,
+                           schemas.ContactPage)
