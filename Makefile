@@ -40,7 +40,8 @@ test:
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc = 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-bench: bootstrap
+bench:
+	@devstack/bootstrap.sh --bench
 	@$(AETHER) stack up --services infra
 	@$(PY) -m bench
 

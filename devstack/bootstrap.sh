@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # Installs what the platform needs and is missing, then the pinned Python environment in .venv.
-# Idempotent and quick when everything is there. Usage: devstack/bootstrap.sh [--browser]
+# Idempotent and quick when everything is there. Usage: devstack/bootstrap.sh [--browser] [--bench]
 #   --browser  also Debian's chromium + chromium-driver (the test suite's browser tests).
+#   --bench    also wrk (the HTTP load generator of bench/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_browser=0
-[ "${1:-}" = "--browser" ] && want_browser=1
+want_bench=0
+for arg in "$@"; do
+  case "$arg" in
+    --browser) want_browser=1 ;;
+    --bench) want_bench=1 ;;
+  esac
+done
 
 have() { command -v "$1" >/dev/null 2>&1; }
 missing=()
@@ -19,6 +26,9 @@ have mvn || missing+=(maven)
 if [ "$want_browser" = 1 ]; then
   have chromium || missing+=(chromium)
   have chromedriver || missing+=(chromium-driver)
+fi
+if [ "$want_bench" = 1 ]; then
+  have wrk || missing+=(wrk)
 fi
 
 if [ ${#missing[@]} -gt 0 ]; then
