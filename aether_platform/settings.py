@@ -31,6 +31,24 @@ class Settings(BaseSettings):
     db_pool_min: int = Field(2, alias="AETHER_DB_POOL_MIN")
     db_pool_max: int = Field(20, alias="AETHER_DB_POOL_MAX")
 
+    # GET /crm-events (api/stream). Defaults suit one API process serving thousands of clients.
+    sse_retry_ms: int = Field(2000, alias="AETHER_SSE_RETRY_MS")
+    sse_keepalive_seconds: float = Field(15.0, alias="AETHER_SSE_KEEPALIVE_SECONDS")
+    # A write blocked this long means the client reads slower than events arrive: disconnect it
+    # (it resumes from its last id) rather than buffer for it or drop events.
+    sse_send_timeout_seconds: float = Field(10.0, alias="AETHER_SSE_SEND_TIMEOUT_SECONDS")
+    # Upper bound on how long new events wait so that a thousand clients wake once per batch.
+    sse_max_linger_ms: float = Field(40.0, alias="AETHER_SSE_MAX_LINGER_MS")
+    sse_max_clients: int = Field(5000, alias="AETHER_SSE_MAX_CLIENTS")
+    # Per-partition ring buffer of the shared consumer: resumes inside it cost no broker call.
+    sse_ring_events: int = Field(20000, alias="AETHER_SSE_RING_EVENTS")
+    sse_ring_bytes: int = Field(32 * 1024 * 1024, alias="AETHER_SSE_RING_BYTES")
+    # Records per partition read back at startup, so cursors from before a restart resume from memory.
+    sse_prefill_events: int = Field(2000, alias="AETHER_SSE_PREFILL_EVENTS")
+    sse_catchup_consumers: int = Field(4, alias="AETHER_SSE_CATCHUP_CONSUMERS")
+    sse_dedup_window: int = Field(5000, alias="AETHER_SSE_DEDUP_WINDOW")
+    sse_cors_origins: str = Field("", alias="AETHER_SSE_CORS_ORIGINS")  # comma list or "*"; empty = same-origin only
+
     relay_batch_size: int = Field(500, alias="AETHER_RELAY_BATCH_SIZE")
     relay_max_retries: int = Field(5, alias="AETHER_RELAY_MAX_RETRIES")
 

@@ -11,8 +11,10 @@ from aether_platform.settings import get_settings
 from api import problems
 from api.db import make_pool
 from api.kafka_health import KafkaProbe
+from api.stream import lifecycle as stream_lifecycle
 from api.limits import BodySizeLimit
 from api.metrics import install as install_metrics
+from api.routers import crm_events
 from api.routers import health, resources
 
 log = logging.getLogger("aether.api")
@@ -25,9 +27,11 @@ async def lifespan(app: FastAPI):
     await pool.open(wait=False)
     app.state.pool = pool
     app.state.kafka_probe = KafkaProbe(settings.kafka_bootstrap_servers)
+    await stream_lifecycle.start(app)
     try:
         yield
     finally:
+        await stream_lifecycle.stop(app)
         await asyncio.wait_for(pool.close(), timeout=5)
 
 
@@ -46,6 +50,7 @@ def create_app() -> FastAPI:
     problems.install(app)
     install_metrics(app)
     app.include_router(health.router)
+    app.include_router(crm_events.router)
     for router in (resources.accounts, resources.contacts, resources.jobs):
         app.include_router(router)
     return app

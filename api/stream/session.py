@@ -1,0 +1,192 @@
+"""One SSE client: an ASGI response that writes frames from the hub until the client leaves, is
+too slow, or the server shuts down.
+
+Slow clients: the per-client buffer is the transport's (uvicorn pauses writes at its high-water
+mark), so memory per client is bounded. A write that stays blocked for `send_timeout`, or a
+position that the ring has already evicted, means the client cannot keep up: it is disconnected,
+never skipped ahead, and its last id resumes it without loss. Dropping events to keep a slow
+client connected would corrupt its view while looking healthy.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from starlette.responses import Response
+
+from api.stream import frames
+from api.stream.hub import StartPoint, StreamHub
+from api.stream.records import DedupWindow, Filter, from_message
+
+log = logging.getLogger("aether.stream")
+
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    # nginx and similar proxies buffer responses unless told not to; a buffered stream is a dead one.
+    (b"x-accel-buffering", b"no"),
+]
+
+
+class _Slow(Exception):
+    pass
+
+
+class _Gone(Exception):
+    pass
+
+
+class SseSession(Response):
+    # A Response subclass only so that FastAPI passes it through as the endpoint's response.
+    def __init__(self, hub: StreamHub, start: StartPoint, flt: Filter, extra_headers: list[tuple[bytes, bytes]]):
+        super().__init__(status_code=200)
+        self.raw_headers = SSE_HEADERS + extra_headers
+        s = hub.settings
+        self.hub = hub
+        self.start = start
+        self.flt = flt
+        self.positions = list(start.positions)
+        self.wake = asyncio.Event()
+        self.gone = False
+        self.send_timeout = s.sse_send_timeout_seconds
+        self.keepalive = s.sse_keepalive_seconds
+        self.retry_ms = s.sse_retry_ms
+        self._send = None
+        self._last_write = 0.0
+
+    async def __call__(self, scope, receive, send) -> None:
+        self._send = send
+        hub = self.hub
+        watcher = asyncio.create_task(self._watch_disconnect(receive))
+        hub.clients.add(self)
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            await self._write(self._opening())
+            await self._catch_up()
+            await self._follow()
+            await self._write(frames.SHUTDOWN)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except _Gone:
+            pass
+        except _Slow:
+            hub.slow_disconnects += 1
+            # Returning without ending the response makes uvicorn close the connection; the
+            # client reads what was flushed, reconnects with its last id and loses nothing.
+            log.info("stream: disconnecting a slow client at %s", self.positions)
+        finally:
+            hub.clients.discard(self)
+            watcher.cancel()
+
+    def _opening(self) -> bytes:
+        cursor = self.hub.cursor(self.positions)
+        out = [frames.retry(self.retry_ms)]
+        out += [frames.reset(cursor, info) for info in self.start.resets]
+        # Pins every partition, quiet ones included, to a real offset before any event arrives.
+        out.append(frames.id_only(cursor))
+        return b"".join(out)
+
+    async def _watch_disconnect(self, receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.gone = True
+                self.wake.set()
+                return
+
+    async def _write(self, body: bytes) -> None:
+        if self.gone:
+            raise _Gone
+        try:
+            async with asyncio.timeout(self.send_timeout):
+                await self._send({"type": "http.response.body", "body": body, "more_body": True})
+        except TimeoutError:
+            raise _Slow from None
+        if self.gone:
+            raise _Gone
+        self._last_write = time.monotonic()
+
+    async def _idle(self) -> None:
+        """Wait for new records, a disconnect or shutdown; write a keepalive comment when quiet
+        long enough that proxies might drop the connection."""
+        remaining = self.keepalive - (time.monotonic() - self._last_write)
+        if remaining > 0:
+            try:
+                async with asyncio.timeout(remaining):
+                    await self.wake.wait()
+                return
+            except TimeoutError:
+                pass
+        await self._write(frames.KEEPALIVE)
+
+    async def _follow(self) -> None:
+        hub = self.hub
+        while not hub.stopping.is_set():
+            if hub.lagging(self.positions):
+                raise _Slow  # the ring moved past this client while it was writing
+            self.wake.clear()
+            body, self.positions = hub.render(self.positions, self.flt)
+            if body:
+                await self._write(body)
+            else:
+                await self._idle()
+            if self.gone:
+                raise _Gone
+
+    async def _catch_up(self) -> None:
+        """Serve positions older than the ring from a temporary consumer of their own, then hand
+        over to the ring. The hand-over is exact because both sides work in offsets: the
+        temporary consumer stops once each position is inside the ring's [lo, next) range."""
+        hub = self.hub
+        while not hub.stopping.is_set():
+            lagging = hub.lagging(self.positions)
+            if not lagging:
+                return
+            async with hub.catchup_slot():
+                await self._catch_up_once(lagging)
+
+    async def _catch_up_once(self, lagging: list[int]) -> None:
+        hub = self.hub
+        # Start a little early on each partition so the dedup window knows the ids just before
+        # the client's position, as the hub's window would have.
+        lookback = min(hub.settings.sse_dedup_window, 500)
+        starts = {}
+        for p in lagging:
+            starts[p] = max(await hub.log_start(p), self.positions[p] - lookback)
+        windows = {p: DedupWindow(hub.settings.sse_dedup_window) for p in lagging}
+        consumer = await asyncio.to_thread(hub.catchup_consumer, starts)
+        try:
+            enc = hub.encoder(self.positions)
+            while not hub.stopping.is_set():
+                if not any(self.positions[p] < hub.rings[p].lo for p in lagging):
+                    return
+                messages = await asyncio.to_thread(consumer.consume, 500, 0.5)
+                if self.gone:
+                    raise _Gone
+                out: list[bytes] = []
+                records = []
+                expect = list(self.positions)
+                for m in messages:
+                    if m.error() is not None:
+                        continue
+                    rec = windows[m.partition()].mark(from_message(m, hub.topic))
+                    p, pos = rec.partition, expect[rec.partition]
+                    if rec.offset < pos:
+                        continue  # look-back only feeds the dedup window
+                    if rec.offset > pos:
+                        low = await hub.log_start(p, max_age=0)
+                        if low > pos:  # retention removed records while we read
+                            self.positions[p] = low
+                            enc.set(p, low)
+                            out.append(frames.reset(enc.text(), hub.reset_info(
+                                p, pos, low, "offset is older than the topic's retention")))
+                    expect[p] = rec.offset + 1
+                    records.append(rec)
+                if records and frames.render(records, self.positions, enc, self.flt, out):
+                    out.append(frames.id_only(enc.text()))
+                if out:
+                    await self._write(b"".join(out))
+                elif time.monotonic() - self._last_write > self.keepalive:
+                    await self._write(frames.KEEPALIVE)
+        finally:
+            await asyncio.to_thread(consumer.close)
