@@ -1,6 +1,29 @@
-"""Dagster code location: assembles the per-domain definitions. Thin shell over the core."""
+"""Dagster code location: assembles the per-domain definitions. Thin shell over the core.
+
+The asset graph reads as the data flows: crm/outbox_events (CRM database) → outbox_relay →
+kafka/crm_events_topic. Every sensor and the schedule start RUNNING, so an event written through
+the API reaches Kafka without a click: outbox_relay_sensor keeps one relay going,
+topic_provisioning_sensor materializes the topic asset once when the instance has never done so
+(the stack also ensures the topic on `up`), and the expiry schedule prunes idempotency keys.
+"""
 from __future__ import annotations
 
 import dagster as dg
 
-defs = dg.Definitions()
+from aether_platform.dagster_defs import idempotency_keys, kafka_topic, outbox
+from aether_platform.dagster_defs.resources import CrmDatabase, KafkaCluster
+from aether_platform.settings import get_settings
+
+defs = dg.Definitions(
+    assets=[outbox.outbox_events, outbox.outbox_relay, kafka_topic.crm_events_topic, idempotency_keys.idempotency_keys],
+    asset_checks=[outbox.oldest_pending_is_young, outbox.no_dead_lettered_events, kafka_topic.topic_matches_spec],
+    jobs=[outbox.relay_streaming_job, outbox.relay_batch_job, outbox.requeue_dead_lettered_events,
+          kafka_topic.provision_topic_job, idempotency_keys.expire_keys_job],
+    sensors=[outbox.outbox_relay_sensor, outbox.outbox_health_sensor, kafka_topic.topic_provisioning_sensor],
+    schedules=[idempotency_keys.expire_keys_schedule],
+    resources={
+        "crm_db": CrmDatabase(dsn=dg.EnvVar("DATABASE_URL")),
+        # The topic name has a default (aetherlink.events), so it comes from settings, not EnvVar.
+        "kafka": KafkaCluster(bootstrap_servers=dg.EnvVar("KAFKA_BOOTSTRAP_SERVERS"), topic=get_settings().topic),
+    },
+)

@@ -1,0 +1,185 @@
+"""The outbox domain: the CRM outbox table (observed), the relay that publishes it to Kafka (two
+jobs, one lane), the sensor that keeps exactly one relay going, the requeue job and the checks."""
+import os
+import time
+
+import dagster as dg
+
+from aether_platform import relay as core
+from aether_platform.dagster_defs.kafka_topic import ACTIVE, RELAY_KEY
+from aether_platform.dagster_defs.resources import CrmDatabase, KafkaCluster
+
+OUTBOX_KEY = dg.AssetKey(["crm", "outbox_events"])
+LANE_TAG, LANE = "aether/lane", "outbox-relay"
+MODE_TAG = "aether/relay-mode"
+RETIRE_AT_TAG = "aether/relay-retire-at"  # epoch seconds at which a streaming run hands over
+
+outbox_events = dg.AssetSpec(
+    OUTBOX_KEY,
+    group_name="crm_database",
+    kinds={"postgres"},
+    description="outbox_events in the CRM database: one row per domain event, written in the same transaction "
+                "as the business change. Observed by the relay runs (every few seconds) and the outbox health "
+                "sensor: pending, oldest pending age, dead-lettered.",
+)
+
+
+def _max_pending_age() -> float:
+    return float(os.environ.get("AETHER_OUTBOX_MAX_PENDING_AGE_SECONDS", "60"))
+
+
+def stats_metadata(stats: core.OutboxStats) -> dict:
+    return {"pending": stats.pending, "dead_lettered": stats.dead_lettered,
+            "oldest_pending_age_seconds": round(stats.oldest_pending_age_seconds or 0.0, 3)}
+
+
+def _check_evaluations(stats: core.OutboxStats) -> list[dg.AssetCheckEvaluation]:
+    limit = _max_pending_age()
+    age = stats.oldest_pending_age_seconds or 0.0
+    return [
+        dg.AssetCheckEvaluation(asset_key=OUTBOX_KEY, check_name="oldest_pending_is_young", passed=age < limit,
+                                metadata={**stats_metadata(stats), "threshold_seconds": limit}),
+        dg.AssetCheckEvaluation(asset_key=OUTBOX_KEY, check_name="no_dead_lettered_events",
+                                passed=stats.dead_lettered == 0, metadata=stats_metadata(stats)),
+    ]
+
+
+def _as_result(evaluation: dg.AssetCheckEvaluation) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=evaluation.passed, metadata=evaluation.metadata)
+
+
+@dg.asset_check(asset=OUTBOX_KEY, name="oldest_pending_is_young",
+                description="The oldest unpublished event is younger than AETHER_OUTBOX_MAX_PENDING_AGE_SECONDS "
+                            "(60 s by default).")
+def oldest_pending_is_young(crm_db: CrmDatabase) -> dg.AssetCheckResult:
+    with crm_db.connect() as conn:
+        return _as_result(_check_evaluations(core.outbox_stats(conn))[0])
+
+
+@dg.asset_check(asset=OUTBOX_KEY, name="no_dead_lettered_events",
+                description="No event sits in the dead-letter state (requeue them once the cause is fixed).")
+def no_dead_lettered_events(crm_db: CrmDatabase) -> dg.AssetCheckResult:
+    with crm_db.connect() as conn:
+        return _as_result(_check_evaluations(core.outbox_stats(conn))[1])
+
+
+class RelayRunConfig(dg.Config):
+    mode: str = "streaming"
+    lifetime_seconds: float = 3600.0
+    batch_size: int | None = None
+
+
+@dg.asset(
+    key=RELAY_KEY,
+    group_name="outbox_relay",
+    deps=[OUTBOX_KEY],
+    kinds={"python"},
+    description="The outbox relay: claims pending outbox rows in id order, produces them to the CRM events topic "
+                "(idempotent, acks=all) and marks them published once acknowledged. Streaming mode lives for "
+                "lifetime_seconds, woken by LISTEN/NOTIFY; batch mode drains and exits. A materialization "
+                "summarises one run; progress is observed on crm/outbox_events while it runs.",
+)
+def outbox_relay(context: dg.AssetExecutionContext, config: RelayRunConfig, crm_db: CrmDatabase,
+                 kafka: KafkaCluster) -> dg.MaterializeResult:
+    def observe(stats: core.OutboxStats, totals: core.Totals) -> None:
+        context.log_event(dg.AssetObservation(asset_key=OUTBOX_KEY, metadata={
+            **stats_metadata(stats), "run_published": totals.published, "run_failed": totals.failures}))
+
+    cfg = core.RelayConfig.from_env(dsn=crm_db.dsn, bootstrap=kafka.bootstrap_servers, topic=kafka.topic,
+                                    batch_size=config.batch_size)
+    relay = core.Relay(cfg, mode=config.mode, run_id=context.run_id, on_progress=observe)
+    started = time.monotonic()
+    totals = relay.run(lifetime_seconds=config.lifetime_seconds if config.mode == "streaming" else None)
+    return dg.MaterializeResult(metadata={
+        "mode": config.mode, "published": totals.published, "attempts": totals.attempts,
+        "failed": totals.failures, "dead_lettered": totals.dead_lettered,
+        "seconds": round(time.monotonic() - started, 1)})
+
+
+def _relay_job(mode: str):
+    return dg.define_asset_job(
+        f"outbox_relay_{mode}",
+        selection=dg.AssetSelection.assets(RELAY_KEY),
+        config={"ops": {"outbox_relay": {"config": {"mode": mode}}}},
+        executor_def=dg.in_process_executor,
+        tags={LANE_TAG: LANE, MODE_TAG: mode},
+        description=f"Run the outbox relay in {mode} mode. Launched by outbox_relay_sensor; one lane, one leader.",
+    )
+
+
+relay_streaming_job = _relay_job("streaming")
+relay_batch_job = _relay_job("batch")
+
+
+def relay_decision(mode: str, active: list[dg.RunRecord], now: float, has_work, lifetime: float,
+                   handover_lead: float) -> dg.RunRequest | dg.SkipReason:
+    """At most one relay relays. A streaming run close to its end of life gets exactly one
+    successor, which waits on the leader lock so that the handover has no gap."""
+    if mode == "streaming":
+        def streaming(**tags: str) -> dg.RunRequest:
+            return dg.RunRequest(job_name=relay_streaming_job.name,
+                                 tags={RETIRE_AT_TAG: str(int(now + lifetime)), **tags},
+                                 run_config={"ops": {"outbox_relay": {"config": {
+                                     "mode": "streaming", "lifetime_seconds": lifetime}}}})
+
+        if not active:
+            return streaming()
+        only = active[0].dagster_run
+        retire_at = only.tags.get(RETIRE_AT_TAG)
+        if (len(active) == 1 and only.status == dg.DagsterRunStatus.STARTED and retire_at
+                and float(retire_at) - handover_lead <= now):
+            return streaming(**{"aether/relay-successor-of": only.run_id})
+        return dg.SkipReason(f"relay run {only.run_id} is active")
+    if active:
+        return dg.SkipReason(f"relay run {active[0].dagster_run.run_id} is active")
+    if not has_work():
+        return dg.SkipReason("no pending event is due")
+    return dg.RunRequest(job_name=relay_batch_job.name)
+
+
+@dg.sensor(jobs=[relay_streaming_job, relay_batch_job], minimum_interval_seconds=5,
+           default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Keeps one outbox relay going: the streaming relay (AETHER_RELAY_MODE=streaming, the "
+                       "default) relaunched with a handover as each run reaches its lifetime, or batch runs "
+                       "whenever a pending event is due. Never launches a relay while one is queued or running, "
+                       "except the one successor of a retiring streaming run.")
+def outbox_relay_sensor(context: dg.SensorEvaluationContext, crm_db: CrmDatabase):
+    mode = os.environ.get("AETHER_RELAY_MODE", "streaming")
+    if mode not in ("streaming", "batch"):
+        raise ValueError(f"AETHER_RELAY_MODE must be streaming or batch, not {mode!r}")
+    active = context.instance.get_run_records(dg.RunsFilter(tags={LANE_TAG: LANE}, statuses=ACTIVE))
+    return relay_decision(
+        mode, list(active), time.time(), lambda: core.has_eligible(crm_db.shared_connection()),
+        lifetime=float(os.environ.get("AETHER_RELAY_LIFETIME_SECONDS", "3600")),
+        handover_lead=float(os.environ.get("AETHER_RELAY_HANDOVER_LEAD_SECONDS", "60")))
+
+
+@dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Once a minute: observes crm/outbox_events and evaluates its checks, without a run.")
+def outbox_health_sensor(context: dg.SensorEvaluationContext, crm_db: CrmDatabase):
+    stats = core.outbox_stats(crm_db.shared_connection())
+    return dg.SensorResult(asset_events=[dg.AssetObservation(asset_key=OUTBOX_KEY, metadata=stats_metadata(stats)),
+                                         *_check_evaluations(stats)])
+
+
+class RequeueConfig(dg.Config):
+    event_ids: list[str] = []
+    all: bool = False
+
+
+@dg.op(description="Clear the dead-letter state (and the retry count) of the given events, or of all.")
+def requeue_dead_letters(context: dg.OpExecutionContext, config: RequeueConfig, crm_db: CrmDatabase) -> int:
+    if config.all == bool(config.event_ids):
+        raise dg.Failure("give either event_ids or all: true")
+    with crm_db.connect() as conn:
+        n = core.requeue(conn, None if config.all else config.event_ids)
+        stats = core.outbox_stats(conn)
+    context.log_event(dg.AssetObservation(asset_key=OUTBOX_KEY, metadata={**stats_metadata(stats), "requeued": n}))
+    return n
+
+
+@dg.job(executor_def=dg.in_process_executor,
+        description="Requeue dead-lettered outbox events once their cause is fixed; the relay then publishes "
+                    "them (and the events of their keys that waited behind them) in order.")
+def requeue_dead_lettered_events():
+    requeue_dead_letters()
