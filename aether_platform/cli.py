@@ -62,6 +62,13 @@ def _topic(args) -> int:
     return 1 if problems else 0
 
 
+def _dashboards_arguments(p: argparse.ArgumentParser) -> None:
+    from dashboards_py.__main__ import add_arguments, run
+
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aether", description="Aether platform command line.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("topic", help="provision or check the Kafka topic against its declared spec")
     p.add_argument("action", choices=["provision", "check"])
     p.set_defaults(func=_topic)
+
+    p = sub.add_parser("dashboards", help="build, check or push the SLO dashboard, rules and promtool tests",
+                       description="SLOs as code (dashboards_py): same as `python -m dashboards_py`.")
+    _dashboards_arguments(p)
     return parser
 
 

@@ -1,0 +1,68 @@
+"""The generated outputs: deterministic, committed fresh, accepted by promtool, and the rules'
+own unit tests (the burn-rate scenarios of dashboards_py/promtool_tests.py) pass."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from dashboards_py import build
+from tests.conftest import REPO
+
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool missing: apt-get install prometheus")
+
+
+def test_generation_is_deterministic():
+    assert build.outputs() == build.outputs()
+
+
+def test_committed_outputs_are_fresh():
+    problems = build.stale()
+    assert not problems, "run `python -m dashboards_py` and commit: " + "; ".join(problems)
+
+
+def test_check_flags_an_edited_output(tmp_path):
+    build.write(tmp_path)
+    assert build.stale(tmp_path) == []
+    (tmp_path / build.DASHBOARD).write_text("{}")
+    (tmp_path / "prometheus" / "old.yml").write_text("groups: []\n")
+    assert build.stale(tmp_path) == [f"out of date: {build.DASHBOARD}", "not generated (delete it): prometheus/old.yml"]
+
+
+def test_check_command_exit_codes():
+    ok = subprocess.run([sys.executable, "-m", "dashboards_py", "--check"], cwd=REPO, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    via_cli = subprocess.run([sys.executable, "-m", "aether_platform.cli", "dashboards", "check"], cwd=REPO,
+                             capture_output=True, text=True)
+    assert via_cli.returncode == 0, via_cli.stderr
+
+
+@needs_promtool
+def test_promtool_check_rules():
+    r = subprocess.run([PROMTOOL, "check", "rules", str(build.GENERATED / build.RULES)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@needs_promtool
+def test_promtool_unit_tests_pass():
+    """Fast burn on a 5 % spike and its reset, slow burn on 1 %, silence at 0.05 %, the heartbeat
+    page, the absent alert and the latency SLI's bucket: see the test names in the file."""
+    tests = build.GENERATED / build.PROMTOOL_TESTS
+    names = [t["name"] for t in yaml.safe_load(tests.read_text())["tests"]]
+    assert any("5% error spike" in n for n in names) and any("0.05% errors" in n for n in names)
+    r = subprocess.run([PROMTOOL, "test", "rules", str(tests)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
+
+
+def test_every_rule_is_labelled_with_its_slo():
+    groups = yaml.safe_load((build.GENERATED / build.RULES).read_text())["groups"]
+    for g in groups:
+        for rule in g["rules"]:
+            if "record" in rule:
+                assert rule["labels"]["slo"], rule
+            else:
+                assert rule["labels"]["severity"] in ("page", "ticket"), rule
