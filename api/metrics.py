@@ -8,9 +8,11 @@ from __future__ import annotations
 import os
 import time
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.responses import Response
+
+from api import outbox_metrics
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -72,5 +74,9 @@ def install(app: FastAPI) -> None:
     app.add_middleware(MetricsMiddleware)
 
     @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        return Response(generate_latest(_registry()), media_type=CONTENT_TYPE_LATEST)
+    async def metrics(request: Request) -> Response:
+        # Relay and outbox figures live in PostgreSQL (the relay runs in Dagster runs); they are
+        # read per scrape and appended as their own exposition, in either registry mode.
+        snapshot = await outbox_metrics.scrape(getattr(request.app.state, "pool", None))
+        body = generate_latest(_registry()) + outbox_metrics.exposition(snapshot)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
