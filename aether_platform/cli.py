@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+log = logging.getLogger("aether")
 
 
 def _stack(args) -> int:
@@ -42,9 +44,22 @@ def _shell_quote(value: str) -> str:
 
 
 def _migrate(args) -> int:
-    argv = [sys.executable, "-m", "alembic", "-c", str(REPO / "alembic.ini")]
+    from alembic.config import main as alembic_main
+
+    argv = ["-c", str(REPO / "alembic.ini")]
     argv += ["upgrade", args.revision or "head"] if args.direction == "up" else ["downgrade", args.revision or "base"]
-    return subprocess.call(argv, cwd=REPO, env=os.environ.copy())
+    # In-process, so that --log-format covers alembic's lines too: migrations/env.py leaves logging
+    # alone when AETHER_ALEMBIC_QUIET is set, and alembic's INFO lines (one per revision) go through ours.
+    os.environ["AETHER_ALEMBIC_QUIET"] = "1"
+    logging.getLogger("alembic").setLevel(logging.INFO)
+    try:
+        alembic_main(argv=argv)
+    except SystemExit as exc:  # alembic exits on its own errors (bad revision, …)
+        return exc.code if isinstance(exc.code, int) else 1
+    except Exception:
+        log.exception("migration %s failed", args.direction)
+        return 1
+    return 0
 
 
 def _topic(args) -> int:
@@ -54,6 +69,7 @@ def _topic(args) -> int:
     bootstrap = get_settings().kafka_bootstrap_servers
     spec = declared_topic()
     if args.action == "provision":
+        log.info("provisioning topic %s on %s", spec.name, bootstrap)
         result = ensure_topic(bootstrap, spec)
         print(f"{spec.name}: {result.action}, {result.partitions} partitions")
     problems = drift(spec, describe_topic(bootstrap, spec.name))
@@ -69,8 +85,35 @@ def _dashboards_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
+def _bench(args) -> int:
+    # bench/ lives in the checkout, not in the installed package: run it from there.
+    if args.list:
+        print("\n".join(sorted(p.stem for p in (REPO / "bench").glob("*.py")
+                               if not p.stem.startswith("_") and p.stem != "report")))
+        return 0
+    return subprocess.call([sys.executable, "-m", "bench", *args.names], cwd=REPO)
+
+
+def _outbox(args) -> int:
+    import psycopg
+
+    from aether_platform.db_url import libpq_url
+    from aether_platform.relay import requeue
+    from aether_platform.settings import get_settings
+
+    with psycopg.connect(libpq_url(get_settings().database_url)) as conn:
+        count = requeue(conn, None if args.all else args.event_id)
+    log.info("requeued %d dead-lettered event(s)", count)
+    print(f"requeued {count}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from aether_platform import logs
+
     parser = argparse.ArgumentParser(prog="aether", description="Aether platform command line.")
+    parser.add_argument("--log-format", choices=logs.FORMATS, default=os.environ.get("AETHER_LOG_FORMAT", "text"),
+                        help="log lines on stderr as text or JSON (default: $AETHER_LOG_FORMAT or text)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("stack", help="start, stop and inspect the local stack",
@@ -92,11 +135,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dashboards", help="build, check or push the SLO dashboard, rules and promtool tests",
                        description="SLOs as code (dashboards_py): same as `python -m dashboards_py`.")
     _dashboards_arguments(p)
+
+    p = sub.add_parser("bench", help="run benchmarks (all, or the named ones) and rewrite BENCHMARKS.md",
+                       description="Same as `python -m bench [names…]`; needs the stack (`aether stack up --services infra`).")
+    p.add_argument("names", nargs="*", help="benchmark modules of bench/ (default: all)")
+    p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    p.set_defaults(func=_bench)
+
+    p = sub.add_parser("outbox", help="operate on the outbox (requeue dead-lettered events)")
+    outbox = p.add_subparsers(dest="outbox_action", required=True)
+    p = outbox.add_parser("requeue", help="give dead-lettered events a fresh set of relay attempts",
+                          description="Run once the cause of the dead-lettering is fixed; the relay publishes "
+                                      "them in order with their key's later events.")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--event-id", action="append", metavar="UUID", help="an event to requeue (repeatable)")
+    which.add_argument("--all", action="store_true", help="every dead-lettered event")
+    p.set_defaults(func=_outbox)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from aether_platform import logs
+
     args = build_parser().parse_args(argv)
+    logs.configure(args.log_format)
     return args.func(args)
 
 
