@@ -3,7 +3,7 @@ traffic, the real relay publishes the resulting outbox events to Kafka, and a Pr
 test's own scrapes the API every second with the generated rules loaded. Every panel target of the
 dashboard must then return data: no panel may show "No data".
 
-The API and relay get a database of their own, so no other test's relay or outbox rows can change
+The API and relay use the SLO tests' own database (tests/slo/conftest.py), so no other test's relay or outbox rows can change
 what is measured here. The stack's shared Prometheus (:9090) is left alone.
 """
 from __future__ import annotations
@@ -23,22 +23,12 @@ import pytest
 from aether_platform import slo_spec as spec
 from aether_platform.db_url import libpq_url
 from dashboards_py import build, dashboard
-from tests.conftest import REPO, RUN_ID, ApiServer, alembic, create_database, drop_database, free_port
+from tests.conftest import REPO, ApiServer, free_port
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus missing: apt-get install prometheus")]
 
 DATA_TIMEOUT_S = 90   # the slow rule group (30 s interval) must have run once after data arrived
-
-
-@pytest.fixture(scope="module")
-def slo_db(base_database_url):
-    name = f"aether_slo_{RUN_ID}"
-    url = create_database(base_database_url, name)
-    r = alembic(url, "upgrade", "head")
-    assert r.returncode == 0, r.stderr
-    yield url
-    drop_database(base_database_url, name)
 
 
 @pytest.fixture(scope="module")
