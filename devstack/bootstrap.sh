@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the platform needs and is missing, then the pinned Python environment in .venv.
 # Idempotent and quick when everything is there. Usage: devstack/bootstrap.sh [--browser] [--bench]
-#   --browser  also Debian's chromium + chromium-driver (the test suite's browser tests).
+#   --browser  also what only the test suite needs: Debian's chromium + chromium-driver (browser
+#              tests) and docker-compose (tests/deploy).
 #   --bench    also wrk (the HTTP load generator of bench/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,9 @@ have mvn || missing+=(maven)
 if [ "$want_browser" = 1 ]; then
   have chromium || missing+=(chromium)
   have chromedriver || missing+=(chromium-driver)
+  # `make test` passes --browser; tests/deploy validates deploy/compose.yaml with compose's
+  # own `config` command, which needs no Docker engine.
+  { have docker-compose || docker compose version >/dev/null 2>&1; } || missing+=(docker-compose)
 fi
 if [ "$want_bench" = 1 ]; then
   have wrk || missing+=(wrk)
