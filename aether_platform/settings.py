@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     # (it resumes from its last id) rather than buffer for it or drop events.
     sse_send_timeout_seconds: float = Field(10.0, alias="AETHER_SSE_SEND_TIMEOUT_SECONDS")
     # Upper bound on how long new events wait so that a thousand clients wake once per batch.
-    sse_max_linger_ms: float = Field(40.0, alias="AETHER_SSE_MAX_LINGER_MS")
+    sse_max_linger_ms: float = Field(50.0, alias="AETHER_SSE_MAX_LINGER_MS")
     sse_max_clients: int = Field(5000, alias="AETHER_SSE_MAX_CLIENTS")
     # Per-partition ring buffer of the shared consumer: resumes inside it cost no broker call.
     sse_ring_events: int = Field(20000, alias="AETHER_SSE_RING_EVENTS")

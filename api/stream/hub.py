@@ -65,15 +65,21 @@ class StreamHub:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
         self._connect_task: asyncio.Task | None = None
+        self._tick_task: asyncio.Task | None = None
         self._ready = asyncio.Event()
         self.stopping = asyncio.Event()
         self.clients: set = set()
         self._catchup = asyncio.Semaphore(max(1, settings.sse_catchup_consumers))
         self.catchup_active = 0
         self._notify_pending = False
+        # What clients may read: the rings' `next` as of the last wake-up. Records ingested since
+        # wait for the next one, so every client woken together renders the same snapshot and
+        # the render cache answers all but the first of them.
+        self._visible: list[int] = []
         self._render_cache: dict = {}
         self._low_cache: dict[int, tuple[int, float]] = {}
         self.slow_disconnects = 0
+        self.wakeups = 0
         self.kafka_errors = 0
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -87,10 +93,24 @@ class StreamHub:
         keep the API from starting when Kafka is down (health reports it)."""
         self._loop = asyncio.get_running_loop()
         self._connect_task = asyncio.create_task(self._connect_forever())
+        self._tick_task = asyncio.create_task(self._tick())
         try:
             await asyncio.wait_for(self._ready.wait(), wait)
         except TimeoutError:
             log.warning("stream hub: Kafka not reachable yet; /crm-events asks clients to retry")
+
+    async def _tick(self) -> None:
+        """One timer for all clients instead of one per client per wait or write: on uvloop an
+        asyncio.timeout() costs ~30 us, which at a thousand clients and dozens of wake-ups a
+        second was most of the process's time. Wakes quiet clients for their keepalive and
+        cancels writes blocked longer than the send timeout (a slow client)."""
+        s = self.settings
+        period = max(0.05, min(1.0, s.sse_keepalive_seconds / 2, s.sse_send_timeout_seconds / 3))
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for client in list(self.clients):
+                client.on_tick(now)
 
     def begin_shutdown(self) -> None:
         """Ask every open stream to end cleanly (called on SIGTERM, before uvicorn waits for
@@ -104,6 +124,8 @@ class StreamHub:
         self._stop.set()
         if self._connect_task:
             self._connect_task.cancel()
+        if self._tick_task:
+            self._tick_task.cancel()
         if self._thread:
             await asyncio.to_thread(self._thread.join, 5)
         for c in (self._consumer, self._meta):
@@ -140,6 +162,7 @@ class StreamHub:
         per_part_bytes = max(1, s.sse_ring_bytes // n)
         self.rings = [PartitionRing(st, s.sse_ring_events, per_part_bytes) for st in starts]
         self._high_at_start = [high for _, high in marks]
+        self._visible = list(starts)
         self._dedup = [DedupWindow(s.sse_dedup_window) for _ in range(n)]
         consumer = Consumer(consumer_config(s.kafka_bootstrap_servers, s.stream_group))
         consumer.assign([TopicPartition(self.topic, p, st) for p, st in enumerate(starts)])
@@ -199,7 +222,6 @@ class StreamHub:
             appended |= self.rings[rec.partition].append(rec)
         if not appended:
             return
-        self._render_cache.clear()
         if not self._notify_pending:
             self._notify_pending = True
             # Waking N clients costs N task switches, so with many clients wake them a little
@@ -209,6 +231,9 @@ class StreamHub:
 
     def _notify(self) -> None:
         self._notify_pending = False
+        self._visible = [r.next for r in self.rings]
+        self._render_cache.clear()
+        self.wakeups += 1
         for client in self.clients:
             client.wake.set()
 
@@ -241,9 +266,9 @@ class StreamHub:
         for p, ring in enumerate(self.rings):
             if budget <= 0:
                 break
-            if new[p] >= ring.next:
+            if new[p] >= self._visible[p]:
                 continue
-            records = ring.read(new[p], budget)
+            records = ring.read(new[p], budget, self._visible[p])
             budget -= len(records)
             skipped |= frames.render(records, new, enc, flt, out)
         if skipped:
@@ -347,5 +372,6 @@ class StreamHub:
             "buffered_from": {str(p): r.lo for p, r in enumerate(self.rings)},
             "buffered_events": sum(len(r) for r in self.rings),
             "slow_disconnects": self.slow_disconnects,
+            "wakeups": self.wakeups,
             "kafka_errors": self.kafka_errors,
         }}

@@ -47,7 +47,8 @@ class PartitionRing:
             self._head = 0
         return True
 
-    def read(self, position: int, limit: int) -> list[Record]:
-        """Up to `limit` held records at or after `position` (which must be >= lo)."""
+    def read(self, position: int, limit: int, end: int) -> list[Record]:
+        """Up to `limit` held records in [position, end); position must be >= lo."""
         i = bisect_left(self._offsets, position, self._head)
-        return self._records[i:i + limit]
+        j = bisect_left(self._offsets, end, i, min(len(self._offsets), i + limit))
+        return self._records[i:j]

@@ -2,7 +2,8 @@
 too slow, or the server shuts down.
 
 Slow clients: the per-client buffer is the transport's (uvicorn pauses writes at its high-water
-mark), so memory per client is bounded. A write that stays blocked for `send_timeout`, or a
+mark), so memory per client is bounded. A write that stays blocked for `send_timeout` (the hub's
+timer cancels it), or a
 position that the ring has already evicted, means the client cannot keep up: it is disconnected,
 never skipped ahead, and its last id resumes it without loss. Dropping events to keep a slow
 client connected would corrupt its view while looking healthy.
@@ -53,10 +54,14 @@ class SseSession(Response):
         self.keepalive = s.sse_keepalive_seconds
         self.retry_ms = s.sse_retry_ms
         self._send = None
+        self._task: asyncio.Task | None = None
         self._last_write = 0.0
+        self._writing_since: float | None = None
+        self.too_slow = False
 
     async def __call__(self, scope, receive, send) -> None:
         self._send = send
+        self._task = asyncio.current_task()
         hub = self.hub
         watcher = asyncio.create_task(self._watch_disconnect(receive))
         hub.clients.add(self)
@@ -69,7 +74,11 @@ class SseSession(Response):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except _Gone:
             pass
-        except _Slow:
+        except (_Slow, asyncio.CancelledError):
+            if not self.too_slow and not hub.lagging(self.positions):
+                raise  # a real cancellation (server exit), not our watchdog
+            if self.too_slow:
+                self._task.uncancel()
             hub.slow_disconnects += 1
             # Returning without ending the response makes uvicorn close the connection; the
             # client reads what was flushed, reconnects with its last id and loses nothing.
@@ -94,29 +103,33 @@ class SseSession(Response):
                 self.wake.set()
                 return
 
+    def on_tick(self, now: float) -> None:
+        """Called by the hub's timer (see StreamHub._tick)."""
+        if self._writing_since is not None and now - self._writing_since > self.send_timeout:
+            self.too_slow = True
+            self._task.cancel()
+        elif now - self._last_write >= self.keepalive:
+            self.wake.set()
+
     async def _write(self, body: bytes) -> None:
         if self.gone:
             raise _Gone
+        self._writing_since = time.monotonic()
         try:
-            async with asyncio.timeout(self.send_timeout):
-                await self._send({"type": "http.response.body", "body": body, "more_body": True})
-        except TimeoutError:
-            raise _Slow from None
+            await self._send({"type": "http.response.body", "body": body, "more_body": True})
+        finally:
+            self._writing_since = None
         if self.gone:
             raise _Gone
         self._last_write = time.monotonic()
 
     async def _idle(self) -> None:
-        """Wait for new records, a disconnect or shutdown; write a keepalive comment when quiet
-        long enough that proxies might drop the connection."""
-        remaining = self.keepalive - (time.monotonic() - self._last_write)
-        if remaining > 0:
-            try:
-                async with asyncio.timeout(remaining):
-                    await self.wake.wait()
+        """Wait for new records, a disconnect, shutdown or the hub's keepalive tick; write a
+        keepalive comment when quiet long enough that proxies might drop the connection."""
+        if time.monotonic() - self._last_write < self.keepalive:
+            await self.wake.wait()
+            if time.monotonic() - self._last_write < self.keepalive:
                 return
-            except TimeoutError:
-                pass
         await self._write(frames.KEEPALIVE)
 
     async def _follow(self) -> None:
