@@ -108,6 +108,22 @@ def _outbox(args) -> int:
     return 0
 
 
+def _auth(args) -> int:
+    """Print a token-file line for a new token; the token itself is shown once and never stored."""
+    import secrets
+    import uuid
+
+    from aether_platform.auth import OPERATOR, hash_token
+
+    if args.tenant != OPERATOR:
+        uuid.UUID(args.tenant)
+    token = args.token or secrets.token_urlsafe(32)
+    print(f"{hash_token(token)} {args.tenant} {args.label or ''}".rstrip())
+    if not args.token:
+        print(f"# token (give it to the client; it is not stored anywhere): {token}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from aether_platform import logs
 
@@ -151,6 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--event-id", action="append", metavar="UUID", help="an event to requeue (repeatable)")
     which.add_argument("--all", action="store_true", help="every dead-lettered event")
     p.set_defaults(func=_outbox)
+
+    p = sub.add_parser("auth", help="manage API tokens (AETHER_AUTH_TOKEN_FILE holds only their hashes)")
+    auth = p.add_subparsers(dest="auth_action", required=True)
+    p = auth.add_parser("hash-token", help="print a token-file line for a new (or the given) token",
+                        description="Append the printed line to the token file; the API re-reads it on change.")
+    p.add_argument("tenant", help="the tenant UUID the token is bound to, or 'operator'")
+    p.add_argument("--label", help="a name for logs, e.g. the client's")
+    p.add_argument("--token", help="hash this token instead of generating one")
+    p.set_defaults(func=_auth)
     return parser
 
 

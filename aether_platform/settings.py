@@ -30,6 +30,22 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64 * 1024, alias="AETHER_MAX_BODY_BYTES")
     db_pool_min: int = Field(2, alias="AETHER_DB_POOL_MIN")
     db_pool_max: int = Field(20, alias="AETHER_DB_POOL_MAX")
+    max_header_bytes: int = Field(16 * 1024, alias="AETHER_MAX_HEADER_BYTES")
+    max_json_depth: int = Field(16, alias="AETHER_MAX_JSON_DEPTH")
+    # Per tenant and per API process (token bucket); 0 turns the limit off.
+    write_rate_per_tenant: float = Field(50.0, alias="AETHER_WRITE_RATE_PER_TENANT")
+    write_burst_per_tenant: int = Field(100, alias="AETHER_WRITE_BURST_PER_TENANT")
+
+    # Authentication: off for local development, on in the production profile (aether_platform/auth.py).
+    auth: bool = Field(False, alias="AETHER_AUTH")
+    auth_token_file: str = Field("", alias="AETHER_AUTH_TOKEN_FILE")
+    auth_oidc_issuer: str = Field("", alias="AETHER_AUTH_OIDC_ISSUER")
+    auth_oidc_audience: str = Field("", alias="AETHER_AUTH_OIDC_AUDIENCE")
+    auth_oidc_jwks_url: str = Field("", alias="AETHER_AUTH_OIDC_JWKS_URL")
+    auth_tenant_claim: str = Field("tenant_id", alias="AETHER_AUTH_TENANT_CLAIM")
+    # With auth on: /metrics and the Command Center page need an operator token.
+    auth_protect_metrics: bool = Field(True, alias="AETHER_AUTH_PROTECT_METRICS")
+    auth_protect_ops: bool = Field(True, alias="AETHER_AUTH_PROTECT_OPS")
 
     # GET /crm-events (api/stream). Defaults suit one API process serving thousands of clients.
     sse_retry_ms: int = Field(2000, alias="AETHER_SSE_RETRY_MS")

@@ -13,20 +13,32 @@ from api.problems import Problem
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
-def tenant_id(x_tenant_id: Annotated[str | None, Header(alias="X-Tenant-Id", description="Tenant UUID")] = None
-              ) -> uuid.UUID:
-    # 400, not FastAPI's 422: a missing or malformed tenant is a bad request, not a bad body.
-    if not x_tenant_id:
-        raise Problem(400, "Missing tenant", "The X-Tenant-Id header (a UUID) is required.")
+# Header problems answer 400, not FastAPI's 422: a missing or malformed tenant or key is a bad
+# request, not a bad body. api.problems maps validation errors on these headers to 400.
+BAD_REQUEST_HEADERS = ("X-Tenant-Id", "Idempotency-Key")
+
+# The documented shape of a key: a bare token, or an RFC 8941 quoted string.
+KEY_PATTERN = r'^(?:[!#-~]{1,200}|"(?:[ !#-\[\]-~]|\\["\\]){1,200}")$'
+
+
+def tenant_id(request: Request,
+              x_tenant_id: Annotated[str, Header(alias="X-Tenant-Id", description="Tenant UUID",
+                                                 json_schema_extra={"format": "uuid"})]) -> uuid.UUID:
     try:
-        return uuid.UUID(x_tenant_id)
+        tenant = uuid.UUID(x_tenant_id)
     except ValueError:
         raise Problem(400, "Malformed tenant", "X-Tenant-Id must be a UUID.") from None
+    # With authentication on, the token names the tenant; the header must agree with it.
+    principal = request.scope.get("state", {}).get("principal")
+    if principal is not None and principal.tenant_id != tenant:
+        raise Problem(403, "Forbidden", "The token is not valid for this tenant.")
+    return tenant
 
 
-def idempotency_key(idempotency_key: Annotated[str | None, Header(
-        alias="Idempotency-Key", description="Unique per logical request; 1-200 printable ASCII characters, "
-                                             "optionally as a quoted structured-field string")] = None) -> str:
+def idempotency_key(idempotency_key: Annotated[str, Header(
+        alias="Idempotency-Key", pattern=KEY_PATTERN,
+        description="Unique per logical request; 1-200 printable ASCII characters, "
+                    "optionally as a quoted structured-field string")]) -> str:
     try:
         return idempotency.parse_key(idempotency_key)
     except idempotency.KeyError_ as exc:
@@ -38,5 +50,3 @@ def traceparent(request: Request) -> str | None:
     value = request.headers.get("traceparent")
     return value if value and _TRACEPARENT.match(value) else None
 
-
-Tenant = Annotated[uuid.UUID, "tenant"]

@@ -1,52 +1,89 @@
-"""Request body size limit, enforced before and while the body is read (413 problem+json)."""
+"""Request limits enforced before the app sees a request, each answered with a problem+json:
+header size (431), body size (413, also for bodies without Content-Length) and JSON nesting
+depth (422). Bodies are small (64 KiB by default), so a JSON body is read whole here and then
+handed to the app unchanged."""
 from __future__ import annotations
 
 import orjson
 
 from api.problems import PROBLEM_JSON
 
+_BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
-class BodySizeLimit:
-    def __init__(self, app, max_bytes: int):
+
+def json_depth_exceeds(body: bytes, limit: int) -> bool:
+    """True when arrays/objects nest deeper than `limit`, brackets inside strings ignored."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    depth = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return False
+
+
+class RequestLimits:
+    def __init__(self, app, max_body_bytes: int, max_header_bytes: int, max_json_depth: int):
         self.app = app
-        self.max_bytes = max_bytes
+        self.max_body = max_body_bytes
+        self.max_headers = max_header_bytes
+        self.max_depth = max_json_depth
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._reject(scope, send)
-        received = 0
-        rejected = False
+        headers = scope["headers"]
+        if sum(len(k) + len(v) + 4 for k, v in headers) > self.max_headers:
+            return await _problem(send, scope, 431, "Request Header Fields Too Large",
+                                  f"The request headers exceed {self.max_headers} bytes.")
+        declared = dict(headers).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            return await self._too_large(scope, send)
+        if scope["method"] not in _BODY_METHODS:
+            return await self.app(scope, receive, send)
 
-        async def counted_receive():
-            nonlocal received, rejected
+        body = bytearray()
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes and not rejected:
-                    # Answer now, then tell the app the client went away so it stops reading;
-                    # anything it still tries to send is dropped.
-                    rejected = True
-                    await self._reject(scope, send)
-                    return {"type": "http.disconnect"}
-            return message
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_body:
+                return await self._too_large(scope, send)
+            if not message.get("more_body", False):
+                break
+        if json_depth_exceeds(body, self.max_depth):
+            return await _problem(send, scope, 422, "JSON nested too deeply",
+                                  f"Arrays and objects may nest at most {self.max_depth} levels.")
+        pending = [{"type": "http.request", "body": bytes(body), "more_body": False}]
 
-        async def guarded_send(message):
-            if not rejected:
-                await send(message)
+        async def replay():
+            return pending.pop() if pending else await receive()
 
-        try:
-            await self.app(scope, counted_receive, guarded_send)
-        except Exception:
-            if not rejected:
-                raise
+        await self.app(scope, replay, send)
 
-    async def _reject(self, scope, send):
-        body = orjson.dumps({"type": "about:blank", "title": "Payload Too Large", "status": 413,
-                             "detail": f"The request body exceeds {self.max_bytes} bytes.", "instance": scope["path"]})
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+    async def _too_large(self, scope, send):
+        await _problem(send, scope, 413, "Payload Too Large", f"The request body exceeds {self.max_body} bytes.")
+
+
+async def _problem(send, scope, status: int, title: str, detail: str) -> None:
+    body = orjson.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail,
+                         "instance": scope["path"]})
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})

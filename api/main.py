@@ -12,10 +12,13 @@ from api import problems
 from api.db import make_pool
 from api.kafka_health import KafkaProbe
 from api.stream import lifecycle as stream_lifecycle
-from api.limits import BodySizeLimit
+from api.limits import RequestLimits
 from api.metrics import install as install_metrics
 from api.routers import crm_events
 from api.routers import health, resources
+from api.security import Authentication
+from aether_platform import auth
+from aether_platform.rate_limit import TenantRateLimiter
 
 log = logging.getLogger("aether.api")
 
@@ -44,9 +47,13 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    # Middlewares wrap in reverse order of addition: metrics outermost (it counts 413s and 500s
-    # too), then the 500 safety net, then the body limit.
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.state.write_limiter = TenantRateLimiter(settings.write_rate_per_tenant, settings.write_burst_per_tenant)
+    # Middlewares wrap in reverse order of addition: metrics outermost (it counts 401s, 413s and
+    # 500s too), then the 500 safety net, then authentication, then the request limits.
+    app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes,
+                       max_header_bytes=settings.max_header_bytes, max_json_depth=settings.max_json_depth)
+    app.add_middleware(Authentication, authenticator=auth.from_settings(settings),
+                       protect_metrics=settings.auth_protect_metrics, protect_ops=settings.auth_protect_ops)
     problems.install(app)
     install_metrics(app)
     app.include_router(health.router)

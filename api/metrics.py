@@ -25,9 +25,14 @@ HTTP_LATENCY = Histogram("aether_http_request_duration_seconds", "HTTP request l
 OUTBOX_WRITE_SECONDS = Histogram("aether_outbox_write_duration_seconds",
                                  "Time to commit a write with its outbox event, by aggregate", ["aggregate"],
                                  buckets=LATENCY_BUCKETS)
+# Series exist from the start, so an idle API reports zero writes instead of an absent metric.
+for _aggregate in ("account", "contact", "job"):
+    OUTBOX_WRITE_SECONDS.labels(_aggregate)
 IDEMPOTENCY_REPLAYS = Counter("aether_idempotency_replays_total", "Responses replayed for a reused Idempotency-Key")
 IDEMPOTENCY_CONFLICTS = Counter("aether_idempotency_conflicts_total",
                                 "Idempotency-Key conflicts: in_flight (409) or mismatch (422)", ["reason"])
+for _reason in ("in_flight", "mismatch"):
+    IDEMPOTENCY_CONFLICTS.labels(_reason)
 
 
 def _registry() -> CollectorRegistry:

@@ -51,6 +51,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
+        bad_headers = sorted({str(e["loc"][1]) for e in errors if len(e["loc"]) > 1 and e["loc"][0] == "header"
+                              and str(e["loc"][1]).lower() in ("x-tenant-id", "idempotency-key")})
+        if bad_headers:
+            return problem_response(400, "Missing or malformed header",
+                                    f"{' and '.join(bad_headers)}: required; see the API documentation for the format.",
+                                    instance=request.url.path, errors=errors)
         return problem_response(422, "Request validation failed", "The request did not match the documented schema.",
                                 instance=request.url.path, errors=errors)
 

@@ -2,20 +2,37 @@
 so a typo never silently drops data."""
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from aether_platform.models import JOB_STATUSES
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _storable(value: str) -> str:
+    """PostgreSQL text and jsonb cannot hold NUL, and UTF-8 cannot hold lone surrogates (which
+    JSON's \\uD800 escapes can produce): refuse both, with other control characters, as a 422."""
+    if _CONTROL.search(value):
+        raise ValueError("control characters are not allowed")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode text (lone surrogate)") from None
+    return value
+
+
 JobStatus = Literal[JOB_STATUSES]  # type: ignore[valid-type]
-Title = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-Phone = Annotated[str, StringConstraints(min_length=1, max_length=50)]
+Title = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_storable)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_storable)]
+Phone = Annotated[str, StringConstraints(min_length=1, max_length=50), AfterValidator(_storable)]
 # A shape check, not deliverability: the CRM stores what the user typed.
-Email = Annotated[str, StringConstraints(max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+Email = Annotated[str, StringConstraints(max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"),
+                  AfterValidator(_storable)]
 
 
 class _Body(BaseModel):
@@ -28,18 +45,24 @@ class JobCreate(_Body):
     status: JobStatus = "Open"
 
 
-class JobPatch(_Body):
+class _Patch(_Body):
+    # At least one field; a field left out is unchanged. Fields that cannot be null are typed
+    # without null (their default None is never validated), so `{"title": null}` is a 422.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, json_schema_extra={"minProperties": 1})
+
+
+class JobPatch(_Patch):
     account_id: UUID | None = Field(None, alias="accountId")
-    title: Title | None = None
-    status: JobStatus | None = None
+    title: Title = None  # type: ignore[assignment]
+    status: JobStatus = None  # type: ignore[assignment]
 
 
 class AccountCreate(_Body):
     name: Name
 
 
-class AccountPatch(_Body):
-    name: Name | None = None
+class AccountPatch(_Patch):
+    name: Name = None  # type: ignore[assignment]
 
 
 class ContactCreate(_Body):
@@ -49,9 +72,9 @@ class ContactCreate(_Body):
     phone: Phone | None = None
 
 
-class ContactPatch(_Body):
+class ContactPatch(_Patch):
     account_id: UUID | None = Field(None, alias="accountId")
-    name: Name | None = None
+    name: Name = None  # type: ignore[assignment]
     email: Email | None = None
     phone: Phone | None = None
 

@@ -1,6 +1,7 @@
 """The CRM resources: one router per aggregate, all built by `resource_router` so that accounts,
 contacts and jobs share one tested implementation of create, read, list, patch and delete."""
 
+import math
 import uuid
 from datetime import timedelta
 from typing import Annotated
@@ -18,8 +19,11 @@ from api.metrics import IDEMPOTENCY_CONFLICTS, IDEMPOTENCY_REPLAYS, OUTBOX_WRITE
 from api.problems import Problem, problem_response
 
 PROBLEM = {"model": schemas.ProblemOut, "content": {"application/problem+json": {}}}
-WRITE_ERRORS = {400: PROBLEM, 404: PROBLEM, 409: PROBLEM, 413: PROBLEM, 422: PROBLEM, 503: PROBLEM}
-READ_ERRORS = {400: PROBLEM, 404: PROBLEM, 422: PROBLEM, 503: PROBLEM}
+# Every status the API can answer, documented so that clients (and the fuzzer) can rely on it.
+_COMMON = {400: PROBLEM, 401: PROBLEM, 403: PROBLEM, 404: PROBLEM, 422: PROBLEM, 431: PROBLEM, 500: PROBLEM,
+           503: PROBLEM}
+WRITE_ERRORS = {**_COMMON, 409: PROBLEM, 413: PROBLEM, 429: PROBLEM}
+READ_ERRORS = dict(_COMMON)
 
 Tenant = Annotated[uuid.UUID, Depends(tenant_id)]
 Key = Annotated[str, Depends(idempotency_key)]
@@ -28,6 +32,10 @@ Trace = Annotated[str | None, Depends(traceparent)]
 
 async def run_write(request: Request, tenant: uuid.UUID, key: str, command: crm.Command, status_code: int,
                     aggregate: str, location=None) -> Response:
+    wait = request.app.state.write_limiter.acquire(tenant)
+    if wait:
+        return problem_response(429, "Too Many Requests", "This tenant's write rate is over its limit; retry later.",
+                                instance=request.url.path, headers={"Retry-After": str(max(1, math.ceil(wait)))})
     body = await request.body()
     req = IdempotentRequest(
         tenant_id=tenant, key=key, method=request.method, path=request.url.path,
@@ -114,9 +122,6 @@ def resource_router(spec: crm.AggregateSpec, plural: str, create_model: type[Bas
         changes = _columns(spec, body, only_set=True)
         if not changes:
             raise Problem(422, "Nothing to change", "The body must set at least one field.")
-        nulls = [c for c, v in changes.items() if v is None and c != "account_id" and c not in ("email", "phone")]
-        if nulls:
-            raise Problem(422, "Field cannot be null", f"{', '.join(nulls)} cannot be null.")
         return await run_write(request, tenant, key, crm.update(spec, tenant, item_id, changes, trace), 200, spec.name)
 
     @router.delete("/{item_id}", summary=f"Delete a {noun}", status_code=204, responses=WRITE_ERRORS,

@@ -1,0 +1,98 @@
+"""Authentication on: tokens bound to one tenant, 401/403 rules, OIDC JWTs, no tokens in logs."""
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+
+from tests.api.conftest import new_key
+
+JOB = {"title": "secure job", "status": "Open"}
+
+
+def auth(token: str, tenant: str | None = None, key: str | None = None) -> dict:
+    h = {"Authorization": f"Bearer {token}"}
+    if tenant:
+        h["X-Tenant-Id"] = tenant
+    if key:
+        h["Idempotency-Key"] = key
+    return h
+
+
+@pytest.fixture
+def c(secure_api):
+    with httpx.Client(base_url=secure_api.url, timeout=30) as client:
+        yield client
+
+
+def test_no_token_is_401_with_challenge(c, tokens):
+    r = c.post("/api/crm/jobs", json=JOB, headers={"X-Tenant-Id": tokens.tenant_a, "Idempotency-Key": new_key()})
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    assert r.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize("header", ["Bearer nope", "Bearer", "Basic dXNlcjpwYXNz", "Bearer a.b.c"])
+def test_bad_token_is_401(c, tokens, header):
+    r = c.get("/api/crm/jobs", headers={"Authorization": header, "X-Tenant-Id": tokens.tenant_a})
+    assert r.status_code == 401
+    assert "Bearer" in r.headers["www-authenticate"]
+
+
+def test_token_for_a_with_tenant_b_is_403(c, tokens, db):
+    r = c.post("/api/crm/jobs", json=JOB, headers=auth(tokens.a, tokens.tenant_b, new_key()))
+    assert r.status_code == 403
+    assert db.execute("SELECT count(*) FROM jobs WHERE tenant_id = %s", (tokens.tenant_b,)).fetchone() == (0,)
+
+
+def test_token_for_its_own_tenant_works(c, tokens):
+    r = c.post("/api/crm/jobs", json=JOB, headers=auth(tokens.a, tokens.tenant_a, new_key()))
+    assert r.status_code == 202
+    assert c.get(f"/api/crm/jobs/{r.json()['id']}", headers=auth(tokens.a, tokens.tenant_a)).status_code == 200
+
+
+def test_operator_token_cannot_use_the_crm_api_but_reads_metrics(c, tokens):
+    assert c.get("/api/crm/jobs", headers=auth(tokens.operator, tokens.tenant_a)).status_code == 403
+    assert c.get("/metrics").status_code == 401
+    assert c.get("/metrics", headers=auth(tokens.a)).status_code == 403
+    metrics = c.get("/metrics", headers=auth(tokens.operator))
+    assert metrics.status_code == 200 and "aether_http_requests_total" in metrics.text
+
+
+def test_command_center_needs_an_operator_token(c, tokens):
+    assert c.get("/ops/crm-events").status_code == 401
+    assert c.get("/ops/crm-events", headers=auth(tokens.a)).status_code == 403
+    assert c.get("/ops/crm-events", params={"access_token": tokens.operator}).status_code == 200
+
+
+def test_health_and_docs_stay_public(c):
+    assert c.get("/").status_code in (200, 503)
+    assert c.get("/openapi.json").status_code == 200
+
+
+def test_oidc_jwt_with_tenant_claim(c, tokens):
+    token = tokens.jwt(tokens.tenant_a)
+    r = c.post("/api/crm/jobs", json=JOB, headers=auth(token, tokens.tenant_a, new_key()))
+    assert r.status_code == 202
+    assert c.get("/api/crm/jobs", headers=auth(token, tokens.tenant_b)).status_code == 403
+
+
+@pytest.mark.parametrize("variant", ["expired", "wrong_audience", "wrong_issuer", "wrong_key", "unknown_kid"])
+def test_oidc_jwt_checks(c, tokens, variant):
+    kwargs = {"expired": {"exp_in": -60}, "wrong_audience": {"aud": "someone-else"},
+              "wrong_issuer": {"iss": "https://evil.test/"}, "wrong_key": {"key": tokens.other_key},
+              "unknown_kid": {"kid": "k9"}}[variant]
+    r = c.get("/api/crm/jobs", headers=auth(tokens.jwt(tokens.tenant_a, **kwargs), tokens.tenant_a))
+    assert r.status_code == 401, variant
+
+
+def test_logs_never_contain_tokens(c, tokens, secure_api):
+    c.get("/api/crm/jobs", headers=auth("Bearer-secret-" + tokens.a, tokens.tenant_a))
+    c.get("/api/crm/jobs", headers=auth(tokens.a, tokens.tenant_a))
+    with c.stream("GET", "/crm-events", params={"access_token": tokens.a}) as stream:
+        assert stream.status_code == 200
+    c.get("/ops/crm-events", params={"access_token": tokens.operator})
+    log = secure_api.log_path.read_text()
+    for secret in (tokens.a, tokens.b, tokens.operator):
+        assert secret not in log
