@@ -112,12 +112,17 @@ SUCCESSOR_WAITING_SQL = """
 """
 
 
-class RelaySettings(BaseSettings):
-    """Relay knobs from the environment; the shared ones (batch size, max retries) come from
-    aether_platform.settings."""
+class RelayConfig(BaseSettings):
+    """What one relay needs. The tunables read their AETHER_RELAY_* variables; connection,
+    topic, batch size and max retries come from aether_platform.settings through from_env()."""
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
+    dsn: str
+    bootstrap: str
+    topic: str
+    batch_size: int
+    max_retries: int
     # Upper bound on how long a batch waits for its delivery reports before the rows count as a
     # transient failure and back off.
     message_timeout_ms: int = Field(30_000, alias="AETHER_RELAY_MESSAGE_TIMEOUT_MS")
@@ -131,33 +136,15 @@ class RelaySettings(BaseSettings):
     # but no longer than this, so that a missing successor cannot keep it alive for ever.
     handover_grace_seconds: float = Field(120.0, alias="AETHER_RELAY_HANDOVER_GRACE_SECONDS")
     linger_ms: int = Field(5, alias="AETHER_RELAY_LINGER_MS")
-
-
-@dataclass
-class RelayConfig:
-    dsn: str
-    bootstrap: str
-    topic: str
-    batch_size: int = 500
-    max_retries: int = 5
-    message_timeout_ms: int = 30_000
-    retry_backoff_seconds: float = 1.0
-    retry_backoff_cap_seconds: float = 300.0
-    transient_backoff_seconds: float = 0.5
-    transient_backoff_cap_seconds: float = 30.0
-    heartbeat_seconds: float = 2.0
-    observe_seconds: float = 10.0
-    handover_grace_seconds: float = 120.0
-    linger_ms: int = 5
     # The idle claim interval in streaming mode: wakes for rows whose backoff has expired, which
     # raise no notification.
-    idle_poll_seconds: float = 1.0
+    idle_poll_seconds: float = Field(1.0, alias="AETHER_RELAY_IDLE_POLL_SECONDS")
 
     @classmethod
     def from_env(cls, **overrides) -> "RelayConfig":
-        s, r = get_settings(), RelaySettings()
+        s = get_settings()
         values = dict(dsn=s.database_url, bootstrap=s.kafka_bootstrap_servers, topic=s.topic,
-                      batch_size=s.relay_batch_size, max_retries=s.relay_max_retries, **r.model_dump())
+                      batch_size=s.relay_batch_size, max_retries=s.relay_max_retries)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
