@@ -124,8 +124,13 @@ class RelayConfig(BaseSettings):
     batch_size: int
     max_retries: int
     # Upper bound on how long a batch waits for its delivery reports before the rows count as a
-    # transient failure and back off.
-    message_timeout_ms: int = Field(30_000, alias="AETHER_RELAY_MESSAGE_TIMEOUT_MS")
+    # transient failure and back off. Long on purpose: until it expires, librdkafka retries the
+    # same records with the same idempotent sequence numbers, so a broker outage shorter than
+    # this ends with no duplicate on the topic. Past it, records are re-sent as new ones, and a
+    # record the broker had written without acknowledging appears twice (same event id).
+    message_timeout_ms: int = Field(300_000, alias="AETHER_RELAY_MESSAGE_TIMEOUT_MS")
+    # Wait before reconnecting after the database connection is lost (restart, failover).
+    reconnect_seconds: float = Field(1.0, alias="AETHER_RELAY_RECONNECT_SECONDS")
     retry_backoff_seconds: float = Field(1.0, alias="AETHER_RELAY_RETRY_BACKOFF_SECONDS")
     retry_backoff_cap_seconds: float = Field(300.0, alias="AETHER_RELAY_RETRY_BACKOFF_CAP_SECONDS")
     transient_backoff_seconds: float = Field(0.5, alias="AETHER_RELAY_TRANSIENT_BACKOFF_SECONDS")
@@ -262,8 +267,27 @@ class Relay:
     # ------------------------------------------------------------------ main loop
 
     def run(self, lifetime_seconds: float | None = None) -> Totals:
-        cfg = self.config
+        """Relay until stopped, drained (batch mode) or past the lifetime (streaming mode).
+
+        A lost database connection (a PostgreSQL restart) ends the claim and the leadership
+        with it; the relay reconnects and competes for the lock again. An unfinished batch was
+        rolled back by the server, so its rows are claimed and sent again (same event ids)."""
         started = time.monotonic()
+        while True:
+            try:
+                return self._run_connected(started, lifetime_seconds)
+            except psycopg.OperationalError as exc:
+                if self._stopping:
+                    return self.totals
+                log.warning("relay: database connection lost (%s); reconnecting in %.1fs",
+                            str(exc).splitlines()[0], self.config.reconnect_seconds)
+                self._producer = None
+                deadline = time.monotonic() + self.config.reconnect_seconds
+                while not self._stopping and time.monotonic() < deadline:
+                    time.sleep(0.1)
+
+    def _run_connected(self, started: float, lifetime_seconds: float | None) -> Totals:
+        cfg = self.config
         with psycopg.connect(libpq_url(cfg.dsn)) as conn:
             if not self._lead(conn):
                 return self.totals

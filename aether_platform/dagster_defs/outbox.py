@@ -87,7 +87,7 @@ def outbox_relay(context: dg.AssetExecutionContext, config: RelayRunConfig, crm_
 
     cfg = core.RelayConfig.from_env(dsn=crm_db.dsn, bootstrap=kafka.bootstrap_servers, topic=kafka.topic,
                                     batch_size=config.batch_size)
-    relay = core.Relay(cfg, mode=config.mode, run_id=context.run_id, on_progress=observe)
+    relay = core.Relay(cfg, mode=config.mode, run_id=context.run.run_id, on_progress=observe)
     started = time.monotonic()
     totals = relay.run(lifetime_seconds=config.lifetime_seconds if config.mode == "streaming" else None)
     return dg.MaterializeResult(metadata={

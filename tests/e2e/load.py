@@ -18,6 +18,7 @@ class LoadResult:
     accepted: dict[str, str] = field(default_factory=dict)  # job id -> tenant
     statuses: dict[int, int] = field(default_factory=dict)
     errors: int = 0  # connection-level failures (no HTTP answer)
+    refused_at: list[float] = field(default_factory=list)  # monotonic times of non-202 answers
 
     def count(self, status: int) -> int:
         return self.statuses.get(status, 0)
@@ -52,6 +53,8 @@ async def _run(base: str, tenants: list[str], rate: float, seconds: float, resul
                 result.errors += 1
                 status, payload = 0, b""
             result.statuses[status] = result.statuses.get(status, 0) + 1
+            if status != 202:
+                result.refused_at.append(time.monotonic())
             if status == 202:
                 result.accepted[orjson.loads(payload)["id"]] = tenant
                 return

@@ -1,0 +1,320 @@
+"""The fault suite: each fault is its own test, on real servers, with bounded loopback load, and
+each prints its counts (requests sent, accepted, events in the DB, on Kafka, on SSE, duplicates).
+
+Faults that stop a server use a throwaway one of the devstack (own directory and ports), so the
+suite's shared PostgreSQL and Kafka are never touched."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import defaultdict
+
+import httpx
+import psycopg
+import pytest
+
+from aether_platform.db_url import libpq_url
+from aether_platform.topics import TopicSpec, ensure_topic
+from tests.api.test_operations import own_postgres  # noqa: F401 - fixture: a PostgreSQL the test may stop
+from tests.conftest import REPO, ApiServer, alembic, free_port
+from tests.e2e.conftest import RelayProcess, TopicReader, report
+from tests.e2e.load import LoadResult, run_load
+from tests.stream.sse_client import SseClient
+
+pytestmark = pytest.mark.slow
+
+
+def _wait(what: str, check, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.25)
+
+
+def _db_counts(url: str) -> tuple[int, int]:
+    with psycopg.connect(libpq_url(url)) as db:
+        return db.execute("SELECT count(*), count(published_at) FROM outbox_events").fetchone()
+
+
+@pytest.fixture
+def own_kafka(e2e_env):
+    """A throwaway broker that the test kills with SIGKILL and starts again."""
+    state = REPO / ".stack" / "test-stacks" / uuid.uuid4().hex[:8]
+    state.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    env.update({"AETHER_STACK_DIR": str(state), "AETHER_KAFKA_PORT": str(free_port()),
+                "AETHER_KAFKA_CONTROLLER_PORT": str(free_port()), "DATABASE_URL": e2e_env["DATABASE_URL"]})
+    bootstrap = f"127.0.0.1:{env['AETHER_KAFKA_PORT']}"
+
+    def up() -> None:
+        r = subprocess.run([sys.executable, "-m", "aether_platform.cli", "stack", "up", "--services", "kafka"],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    def kill() -> None:
+        pid = int((state / "pids" / "kafka.pid").read_text())
+        os.killpg(pid, signal.SIGKILL)
+        _wait("the broker to die", lambda: subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode,
+              10)
+
+    up()
+    yield bootstrap, up, kill
+    subprocess.run([sys.executable, "-m", "aether_platform.cli", "stack", "down"], cwd=REPO, env=env,
+                   capture_output=True, timeout=120)
+    shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture
+def fresh_env(e2e_env, base_database_url):
+    """A database and topic of the test's own, so its counts are exact."""
+    from tests.conftest import create_database, drop_database
+
+    name = f"aether_fault_{uuid.uuid4().hex[:8]}"
+    url = create_database(base_database_url, name)
+    assert alembic(url, "upgrade", "head").returncode == 0
+    yield {**e2e_env, "DATABASE_URL": url, "AETHER_TOPIC": f"aetherlink.events.fault-{uuid.uuid4().hex[:8]}"}
+    drop_database(base_database_url, name)
+
+
+def _topic_duplicates(reader: TopicReader) -> int:
+    return sum(n - 1 for n in reader.event_ids().values() if n > 1)
+
+
+def test_kafka_down_30s_under_200_rps_loses_nothing(fresh_env, own_kafka, tmp_path):
+    bootstrap, kafka_up, kafka_kill = own_kafka
+    env = {**fresh_env, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "AETHER_WRITE_RATE_PER_TENANT": "0"}
+    ensure_topic(bootstrap, TopicSpec(env["AETHER_TOPIC"], 3, 1))
+    api = ApiServer(env, tmp_path, workers=2).start()
+    relay = RelayProcess(env, tmp_path).start()
+    result = LoadResult()
+    tenants = [str(uuid.uuid4()) for _ in range(10)]
+    try:
+        load = threading.Thread(target=run_load, args=(api.url, tenants, 200, 40), kwargs={"result": result})
+        load.start()
+        time.sleep(5)
+        kafka_kill()
+        down_at = time.monotonic()
+        time.sleep(30)
+        accepted_while_down = result.count(202)
+        up_at = time.monotonic()
+        kafka_up()
+        ready_at = time.monotonic()
+        load.join(timeout=120)
+        assert not load.is_alive()
+        # Every accepted request is in the outbox, and all of it gets published after recovery.
+        _wait("the relay to drain the outbox", lambda: _db_counts(env["DATABASE_URL"])[1] == len(result.accepted), 180)
+        reader = TopicReader(bootstrap, env["AETHER_TOPIC"])
+        reader.poll_until(lambda rs: len(reader.event_ids()) >= len(result.accepted), 60)
+        in_db, published = _db_counts(env["DATABASE_URL"])
+        on_kafka = len(reader.event_ids())
+        duplicates = _topic_duplicates(reader)
+        reader.close()
+    finally:
+        relay.stop()
+        api.stop()
+    report("kafka-down", sent=result.sent, accepted=len(result.accepted), non_202=result.sent - result.count(202),
+           outage_s=round(ready_at - down_at), refused_s_after_kill=[round(t - down_at, 1) for t in result.refused_at[:3]]
+           + [round(t - down_at, 1) for t in result.refused_at[-3:]], restart_s=round(ready_at - up_at, 1), in_db=in_db, published=published, on_kafka=on_kafka,
+           duplicates=duplicates)
+    assert result.sent == 8000 and result.count(202) == result.sent  # the API kept answering 202
+    assert accepted_while_down > 0
+    assert in_db == published == on_kafka == len(result.accepted)
+    assert duplicates == 0
+
+
+def test_relay_killed_mid_batch_loses_nothing_and_the_stream_drops_duplicates(fresh_env, tmp_path):
+    env = {**fresh_env, "AETHER_WRITE_RATE_PER_TENANT": "0"}
+    ensure_topic(env["KAFKA_BOOTSTRAP_SERVERS"], TopicSpec(env["AETHER_TOPIC"], 3, 1))
+    tenant = str(uuid.uuid4())
+    api = ApiServer(env, tmp_path).start()
+    relay = RelayProcess(env, tmp_path).start()
+    result = LoadResult()
+    try:
+        with SseClient(f"{api.url}/crm-events?tenant={tenant}") as sse:
+            sse.wait(lambda c: c.last_id() is not None, what="the stream's first id")
+            load = threading.Thread(target=run_load, args=(api.url, [tenant], 150, 12), kwargs={"result": result})
+            load.start()
+            kills = 0
+            for _ in range(3):  # kill -9 while batches are in flight, then start a new relay
+                time.sleep(3)
+                relay.stop(signal.SIGKILL)
+                kills += 1
+                relay = RelayProcess(env, tmp_path).start()
+            load.join(timeout=60)
+            _wait("the relay to drain", lambda: _db_counts(env["DATABASE_URL"])[1] == len(result.accepted), 120)
+            reader = TopicReader(env["KAFKA_BOOTSTRAP_SERVERS"], env["AETHER_TOPIC"])
+            reader.poll_until(lambda rs: len(reader.event_ids()) >= len(result.accepted), 60)
+            sse.wait(lambda c: len({e["key"] for e in c.events()}) >= len(result.accepted), timeout=60,
+                     what="every job on the stream")
+            events = sse.events()
+            on_kafka_ids = reader.event_ids()
+            topic_dups = _topic_duplicates(reader)
+            reader.close()
+    finally:
+        relay.stop()
+        api.stop()
+    sse_ids = [e["key"] for e in events]
+    report("relay-kill", sent=result.sent, accepted=len(result.accepted), kills=kills,
+           in_db=_db_counts(env["DATABASE_URL"])[0], on_kafka=len(on_kafka_ids), kafka_duplicates=topic_dups,
+           on_sse=len(sse_ids), sse_duplicates=len(sse_ids) - len(set(sse_ids)))
+    assert len(on_kafka_ids) == len(result.accepted) == _db_counts(env["DATABASE_URL"])[0]
+    assert set(sse_ids) == set(result.accepted)
+    assert len(sse_ids) == len(set(sse_ids))  # duplicates on Kafka (same event id) never reach a client
+
+
+def test_postgres_restart_is_503_then_recovers_and_the_relay_resumes(own_postgres, fresh_env, tmp_path):  # noqa: F811
+    url, stack = own_postgres
+    env = {**fresh_env, "DATABASE_URL": url, "AETHER_WRITE_RATE_PER_TENANT": "0"}
+    ensure_topic(env["KAFKA_BOOTSTRAP_SERVERS"], TopicSpec(env["AETHER_TOPIC"], 3, 1))
+    api = ApiServer(env, tmp_path).start()
+    relay = RelayProcess(env, tmp_path).start()
+    tenants = [str(uuid.uuid4())]
+    result = LoadResult()
+    try:
+        load = threading.Thread(target=run_load, args=(api.url, tenants, 50, 20),
+                                kwargs={"result": result, "retry_until_accepted": True})
+        load.start()
+        time.sleep(4)
+        stack("down")
+        during = httpx.post(f"{api.url}/api/crm/jobs", json={"title": "during"},
+                            headers={"X-Tenant-Id": tenants[0], "Idempotency-Key": str(uuid.uuid4())}, timeout=30)
+        time.sleep(4)
+        stack("up")
+        load.join(timeout=120)
+        _wait("the relay to publish everything", lambda: _db_counts(url)[1] == len(result.accepted), 120)
+        reader = TopicReader(env["KAFKA_BOOTSTRAP_SERVERS"], env["AETHER_TOPIC"])
+        reader.poll_until(lambda rs: len(reader.event_ids()) >= len(result.accepted), 60)
+        on_kafka = len(reader.event_ids())
+        reader.close()
+    finally:
+        relay.stop()
+        api.stop()
+    in_db, published = _db_counts(url)
+    report("postgres-restart", sent=result.sent, accepted=len(result.accepted), answered_503=result.count(503),
+           in_db=in_db, published=published, on_kafka=on_kafka)
+    assert during.status_code == 503 and during.headers["retry-after"]
+    assert result.count(503) > 0 and result.count(500) == 0
+    assert len(result.accepted) == result.sent  # every request was eventually accepted, with its own key
+    assert in_db == published == on_kafka == result.sent
+
+
+def test_api_restart_sse_resumes_without_gap(e2e_env, e2e_relay, tmp_path):
+    port = free_port()
+    api = ApiServer(e2e_env, tmp_path, port=port).start()
+    tenant = str(uuid.uuid4())
+    created = []
+
+    def create(n: int) -> None:
+        for i in range(n):
+            r = httpx.post(f"{api.url}/api/crm/jobs", json={"title": f"r{len(created)}"},
+                           headers={"X-Tenant-Id": tenant, "Idempotency-Key": str(uuid.uuid4())}, timeout=30)
+            assert r.status_code == 202
+            created.append(r.json()["id"])
+
+    try:
+        first = SseClient(f"{api.url}/crm-events?tenant={tenant}")
+        first.wait(lambda c: c.last_id() is not None, what="first id")
+        create(10)
+        first.wait(lambda c: len(c.events()) >= 10, what="10 events before the restart")
+        api.stop()
+        first.wait(lambda c: c.eof, what="the stream to end")
+        last_id = first.last_id()
+        seen = [e["key"] for e in first.events()]
+        first.close()
+        api.start()
+        create(10)  # written while the client is away
+        with SseClient(f"{api.url}/crm-events?tenant={tenant}", headers={"Last-Event-ID": last_id}) as second:
+            second.wait(lambda c: len(c.events()) >= 10, what="the events written during the restart")
+            time.sleep(1)
+            seen += [e["key"] for e in second.events()]
+    finally:
+        api.stop()
+    report("api-restart", created=len(created), seen=len(seen), duplicates=len(seen) - len(set(seen)))
+    # Partitions interleave, so compare as multisets: every job once, none missing, none twice.
+    assert sorted(seen) == sorted(created)
+
+
+def test_many_writers_keep_per_key_order_and_tenant_streams_exact(e2e_api, e2e_relay, e2e_env):
+    """50 writers over 20 tenants for 60 s, each walking jobs through create, three updates and
+    delete. Every job's events reach the topic in write order, in one partition, and every
+    tenant's stream holds exactly that tenant's events."""
+    seconds = float(os.environ.get("AETHER_E2E_WRITERS_SECONDS", 60))
+    tenants = [str(uuid.uuid4()) for _ in range(20)]
+    streams = {t: SseClient(f"{e2e_api.url}/crm-events?tenant={t}") for t in tenants}
+    for s in streams.values():
+        s.wait(lambda c: c.last_id() is not None, what="first id")
+    written: dict[str, list[str]] = defaultdict(list)  # job id -> event types, in write order
+    tenant_of_job: dict[str, str] = {}
+    counts = {"sent": 0, "accepted": 0}
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+
+    def writer(w: int) -> None:
+        tenant = tenants[w % len(tenants)]
+        h = {"X-Tenant-Id": tenant}
+        with httpx.Client(base_url=e2e_api.url, timeout=30) as c:
+            while time.monotonic() < stop_at:
+                r = c.post("/api/crm/jobs", json={"title": f"w{w}"}, headers={**h, "Idempotency-Key": str(uuid.uuid4())})
+                steps = [("JobCreated", r)]
+                if r.status_code == 202:
+                    job = r.json()["id"]
+                    for status in ("Scheduled", "InProgress", "Done"):
+                        steps.append(("JobUpdated", c.patch(f"/api/crm/jobs/{job}", json={"status": status},
+                                                            headers={**h, "Idempotency-Key": str(uuid.uuid4())})))
+                    steps.append(("JobDeleted", c.delete(f"/api/crm/jobs/{job}",
+                                                         headers={**h, "Idempotency-Key": str(uuid.uuid4())})))
+                with lock:
+                    counts["sent"] += len(steps)
+                    for kind, resp in steps:
+                        if resp.status_code in (200, 202, 204):
+                            counts["accepted"] += 1
+                            written[job].append(kind)
+                            tenant_of_job[job] = tenant
+                time.sleep(0.5)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    total = sum(len(v) for v in written.values())
+    expected_per_tenant = defaultdict(int)
+    for job, kinds in written.items():
+        expected_per_tenant[tenant_of_job[job]] += len(kinds)
+
+    reader = TopicReader(e2e_env["KAFKA_BOOTSTRAP_SERVERS"], e2e_env["AETHER_TOPIC"])
+    keys = set(written)
+    reader.poll_until(lambda rs: sum(1 for m in rs if m.key().decode() in keys) >= total, 180)
+    on_topic: dict[str, list[str]] = defaultdict(list)
+    partitions: dict[str, set[int]] = defaultdict(set)
+    for m in reader.records:
+        k = m.key().decode()
+        if k in keys:
+            on_topic[k].append(json.loads(m.value())["Type"])
+            partitions[k].add(m.partition())
+    duplicates = _topic_duplicates(reader)
+    reader.close()
+
+    for t, s in streams.items():
+        s.wait(lambda c, t=t: len(c.events()) >= expected_per_tenant[t], timeout=60, what=f"tenant {t}'s stream")
+    time.sleep(1)
+    foreign = sum(1 for t, s in streams.items() for e in s.events() if e["value"]["TenantId"] != t)
+    per_tenant = {t: len(s.events()) for t, s in streams.items()}
+    for s in streams.values():
+        s.close()
+    report("many-writers", writers=50, tenants=20, seconds=seconds, sent=counts["sent"], accepted=counts["accepted"],
+           events=total, on_kafka=sum(len(v) for v in on_topic.values()), on_sse=sum(per_tenant.values()),
+           duplicates=duplicates)
+    assert counts["accepted"] == total > 0
+    assert all(len(p) == 1 for p in partitions.values())  # one key, one partition
+    assert dict(on_topic) == dict(written)  # per-aggregate order held on the topic, nothing missing
+    assert duplicates == 0
+    assert foreign == 0
+    assert per_tenant == {t: expected_per_tenant[t] for t in tenants}
