@@ -105,7 +105,9 @@ def pgbench_ceiling(url: str) -> float:
 
 
 def start_api(url: str, port: int) -> subprocess.Popen:
-    env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(REPO), "AETHER_DB_POOL_MAX": "30"}
+    # The per-tenant write limit is off: this measures the API's capacity, not the limiter.
+    env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(REPO), "AETHER_DB_POOL_MAX": "30",
+           "AETHER_WRITE_RATE_PER_TENANT": "0"}
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port),
                              "--workers", str(WORKERS), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
                              "--log-level", "warning"], cwd=REPO, env=env, start_new_session=True)
@@ -194,11 +196,12 @@ def main() -> None:
     emit("api_write", "CRM API: POST /api/crm/jobs against the database ceiling",
          "make bench  (or: python -m bench api_write)", [
              Figure("API throughput, 50 clients", rps, "req/s", "pgbench ceiling, same statements", ceiling,
-                    goal="ratio >= 0.4", met=rps / ceiling >= 0.4),
+                    goal="ratio >= 0.4", met=rps / ceiling >= 0.4 and errors == 0),
              Figure("latency p50 at max throughput", p50, "ms"),
              Figure("latency p99 at max throughput", p99, "ms"),
              Figure(f"latency p50 at steady {STEADY_RATE} req/s", s50, "ms"),
-             Figure(f"latency p99 at steady {STEADY_RATE} req/s", s99, "ms", goal="<= 50 ms", met=s99 <= 50),
+             Figure(f"latency p99 at steady {STEADY_RATE} req/s", s99, "ms", goal="<= 50 ms",
+                    met=s99 <= 50 and s_errors == 0),
          ],
          notes=(f"Non-2xx answers: {errors} (wrk), {s_errors} of {n} (steady). Rows written: {jobs} jobs, {events} outbox "
                 f"events, {keys} idempotency keys — one of each per accepted request. API: {WORKERS} uvicorn workers."))
