@@ -5,6 +5,7 @@ sessions and the developer's data never meet.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -150,14 +151,91 @@ class ApiServer:
         raise RuntimeError(f"API did not answer within {timeout}s; log: {self.log_path}")
 
     def stop(self, sig: int = 15) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
-                self.proc.wait(timeout=5)
+        stop_group(self.proc, sig)
         self.proc = None
+
+
+def stop_group(proc: subprocess.Popen | None, sig: int = 15, timeout: float = 15) -> None:
+    """Signal a process started with start_new_session=True and all its children; SIGKILL what
+    is still there after `timeout`."""
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait(timeout=5)
+
+
+class ThrowawayKafka:
+    """A single-node Kafka of the devstack in a directory and on ports of its own, which a test
+    may stop, kill and start again; the suite's shared broker is never touched."""
+
+    def __init__(self):
+        self.state_dir = REPO / ".stack" / "test-stacks" / uuid.uuid4().hex[:8]
+        self.state_dir.mkdir(parents=True)
+        self.port = free_port()
+        self.env = {**{k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"},
+                    "AETHER_STACK_DIR": str(self.state_dir), "AETHER_KAFKA_PORT": str(self.port),
+                    "AETHER_KAFKA_CONTROLLER_PORT": str(free_port()),
+                    # Set, so that `stack up` starts no PostgreSQL of its own.
+                    "DATABASE_URL": BASE_ENV["DATABASE_URL"]}
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def up(self) -> None:
+        r = subprocess.run([sys.executable, "-m", "aether_platform.cli", "stack", "up", "--services", "kafka"],
+                           cwd=REPO, env=self.env, capture_output=True, text=True, timeout=180)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    def stop(self, sig: int = 15, timeout: float = 60) -> None:
+        pid = int((self.state_dir / "pids" / "kafka.pid").read_text())
+        os.killpg(pid, sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
+        os.killpg(pid, 9)
+
+    def close(self) -> None:
+        subprocess.run([sys.executable, "-m", "aether_platform.cli", "stack", "down"], cwd=REPO, env=self.env,
+                       capture_output=True, timeout=120)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def own_postgres():
+    """A throwaway PostgreSQL of the test's own (the stack command, isolated dir and port), so
+    that stopping it harms nobody."""
+    state = REPO / ".stack" / "test-stacks" / uuid.uuid4().hex[:8]
+    state.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")}
+    env.update({"AETHER_STACK_DIR": str(state), "AETHER_PG_PORT": str(free_port())})
+
+    def stack(action: str) -> None:
+        r = subprocess.run([sys.executable, "-m", "aether_platform.cli", "stack", action, "--services", "postgres"]
+                           if action == "up" else [sys.executable, "-m", "aether_platform.cli", "stack", action],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    stack("up")
+    yield f"postgresql://aether@127.0.0.1:{env['AETHER_PG_PORT']}/crm", stack
+    stack("down")
+    shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture
+def throwaway_kafka() -> ThrowawayKafka:
+    kafka = ThrowawayKafka()
+    kafka.up()
+    yield kafka
+    kafka.close()
 
 
 @pytest.fixture(scope="session")

@@ -1,18 +1,12 @@
 """Operations: metrics, size limits, health, and a database outage on a real, separate Postgres."""
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 import time
-import uuid
 
 import httpx
-import pytest
 
 from tests.api.conftest import headers, new_key
-from tests.conftest import REPO, ApiServer, free_port
+from tests.conftest import ApiServer, free_port
 
 
 def _metric(text: str, name: str, **labels) -> float:
@@ -71,27 +65,6 @@ def test_health_is_degraded_503_without_kafka(platform_env, tmp_path):
         assert r.json()["status"] == "degraded" and r.json()["kafka"] == "unreachable"
     finally:
         server.stop()
-
-
-@pytest.fixture
-def own_postgres():
-    """A throwaway PostgreSQL of the test's own (the stack command, isolated dir and port), so
-    that stopping it harms nobody."""
-    state = REPO / ".stack" / "test-stacks" / uuid.uuid4().hex[:8]
-    state.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")}
-    env.update({"AETHER_STACK_DIR": str(state), "AETHER_PG_PORT": str(free_port())})
-
-    def stack(action: str) -> None:
-        r = subprocess.run([sys.executable, "-m", "aether_platform.cli", "stack", action, "--services", "postgres"]
-                           if action == "up" else [sys.executable, "-m", "aether_platform.cli", "stack", action],
-                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stdout + r.stderr
-
-    stack("up")
-    yield f"postgresql://aether@127.0.0.1:{env['AETHER_PG_PORT']}/crm", stack
-    stack("down")
-    shutil.rmtree(state, ignore_errors=True)
 
 
 def test_database_down_is_503_with_retry_after_and_recovers(own_postgres, platform_env, tmp_path, tenant):

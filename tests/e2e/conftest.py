@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from aether_platform.topics import TopicSpec, ensure_topic
-from tests.conftest import REPO, RUN_ID, ApiServer, alembic, create_database, drop_database
+from tests.conftest import REPO, RUN_ID, ApiServer, alembic, create_database, drop_database, stop_group
 
 
 class RelayProcess:
@@ -35,13 +35,7 @@ class RelayProcess:
         return self
 
     def stop(self, sig: int = 15) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
-                self.proc.wait(timeout=5)
+        stop_group(self.proc, sig, timeout=20)
         self.proc = None
 
 

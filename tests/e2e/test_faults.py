@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -22,8 +19,7 @@ import pytest
 
 from aether_platform.db_url import libpq_url
 from aether_platform.topics import TopicSpec, ensure_topic
-from tests.api.test_operations import own_postgres  # noqa: F401 - fixture: a PostgreSQL the test may stop
-from tests.conftest import REPO, ApiServer, alembic, free_port
+from tests.conftest import ApiServer, alembic, free_port
 from tests.e2e.conftest import RelayProcess, TopicReader, report
 from tests.e2e.load import LoadResult, run_load
 from tests.stream.sse_client import SseClient
@@ -44,34 +40,6 @@ def _db_counts(url: str) -> tuple[int, int]:
 
 
 @pytest.fixture
-def own_kafka(e2e_env):
-    """A throwaway broker that the test kills with SIGKILL and starts again."""
-    state = REPO / ".stack" / "test-stacks" / uuid.uuid4().hex[:8]
-    state.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
-    env.update({"AETHER_STACK_DIR": str(state), "AETHER_KAFKA_PORT": str(free_port()),
-                "AETHER_KAFKA_CONTROLLER_PORT": str(free_port()), "DATABASE_URL": e2e_env["DATABASE_URL"]})
-    bootstrap = f"127.0.0.1:{env['AETHER_KAFKA_PORT']}"
-
-    def up() -> None:
-        r = subprocess.run([sys.executable, "-m", "aether_platform.cli", "stack", "up", "--services", "kafka"],
-                           cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
-        assert r.returncode == 0, r.stdout + r.stderr
-
-    def kill() -> None:
-        pid = int((state / "pids" / "kafka.pid").read_text())
-        os.killpg(pid, signal.SIGKILL)
-        _wait("the broker to die", lambda: subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode,
-              10)
-
-    up()
-    yield bootstrap, up, kill
-    subprocess.run([sys.executable, "-m", "aether_platform.cli", "stack", "down"], cwd=REPO, env=env,
-                   capture_output=True, timeout=120)
-    shutil.rmtree(state, ignore_errors=True)
-
-
-@pytest.fixture
 def fresh_env(e2e_env, base_database_url):
     """A database and topic of the test's own, so its counts are exact."""
     from tests.conftest import create_database, drop_database
@@ -87,8 +55,8 @@ def _topic_duplicates(reader: TopicReader) -> int:
     return sum(n - 1 for n in reader.event_ids().values() if n > 1)
 
 
-def test_kafka_down_30s_under_200_rps_loses_nothing(fresh_env, own_kafka, tmp_path):
-    bootstrap, kafka_up, kafka_kill = own_kafka
+def test_kafka_down_30s_under_200_rps_loses_nothing(fresh_env, throwaway_kafka, tmp_path):
+    bootstrap = throwaway_kafka.bootstrap
     env = {**fresh_env, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "AETHER_WRITE_RATE_PER_TENANT": "0"}
     ensure_topic(bootstrap, TopicSpec(env["AETHER_TOPIC"], 3, 1))
     api = ApiServer(env, tmp_path, workers=2).start()
@@ -100,12 +68,12 @@ def test_kafka_down_30s_under_200_rps_loses_nothing(fresh_env, own_kafka, tmp_pa
                                 kwargs={"result": result, "retry_until_accepted": True})
         load.start()
         time.sleep(5)
-        kafka_kill()
+        throwaway_kafka.stop(signal.SIGKILL)
         down_at = time.monotonic()
         time.sleep(30)
         accepted_while_down = result.count(202)
         up_at = time.monotonic()
-        kafka_up()
+        throwaway_kafka.up()
         ready_at = time.monotonic()
         load.join(timeout=120)
         assert not load.is_alive()
@@ -174,7 +142,7 @@ def test_relay_killed_mid_batch_loses_nothing_and_the_stream_drops_duplicates(fr
     assert len(sse_ids) == len(set(sse_ids))  # duplicates on Kafka (same event id) never reach a client
 
 
-def test_postgres_restart_is_503_then_recovers_and_the_relay_resumes(own_postgres, fresh_env, tmp_path):  # noqa: F811
+def test_postgres_restart_is_503_then_recovers_and_the_relay_resumes(own_postgres, fresh_env, tmp_path):
     url, stack = own_postgres
     env = {**fresh_env, "DATABASE_URL": url, "AETHER_WRITE_RATE_PER_TENANT": "0"}
     ensure_topic(env["KAFKA_BOOTSTRAP_SERVERS"], TopicSpec(env["AETHER_TOPIC"], 3, 1))

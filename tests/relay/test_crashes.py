@@ -2,18 +2,14 @@
 duplicates are the documented ones (an acknowledged batch re-sent with the same event ids)."""
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
 
 import pytest
 
-from tests.conftest import REPO, free_port
 from tests.relay.conftest import assert_per_key_order, consume, relay_process, write_events
 
 pytestmark = pytest.mark.slow
@@ -56,43 +52,10 @@ def test_kill_9_mid_batch_loses_nothing(outbox_db, platform_env, tenant, kafka_b
 
 
 @pytest.fixture
-def own_broker(outbox_db):
-    """A throwaway single-node Kafka of the devstack, on free ports, that the test may stop; the
-    shared broker on 9092 is never touched."""
-    state_dir = REPO / ".stack" / "test-stacks" / uuid.uuid4().hex[:8]
-    state_dir.mkdir(parents=True)
-    port = free_port()
-    topic = f"aetherlink.events.broker-test-{uuid.uuid4().hex[:6]}"
-    env = {**{k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"},
-           "AETHER_STACK_DIR": str(state_dir), "AETHER_KAFKA_PORT": str(port),
-           "AETHER_KAFKA_CONTROLLER_PORT": str(free_port()), "AETHER_TOPIC": topic,
-           # Set, so that `stack up` starts no PostgreSQL of its own.
-           "DATABASE_URL": os.environ["DATABASE_URL"]}
-
-    def up() -> None:
-        r = subprocess.run([sys.executable, "-m", "aether_platform.cli", "stack", "up", "--services", "kafka"],
-                           cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
-        assert r.returncode == 0, r.stdout + r.stderr
-
-    def stop() -> None:
-        pid = int((state_dir / "pids" / "kafka.pid").read_text())
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.2)
-        os.killpg(pid, signal.SIGKILL)
-
-    up()
-    yield {"bootstrap": f"127.0.0.1:{port}", "topic": topic, "up": up, "stop": stop}
-    try:
-        stop()
-    except (OSError, ValueError):
-        pass
-    shutil.rmtree(state_dir, ignore_errors=True)
+def own_broker(outbox_db, throwaway_kafka):
+    """A broker the test may stop (tests.conftest.ThrowawayKafka), with a topic of its own."""
+    return {"bootstrap": throwaway_kafka.bootstrap, "topic": f"aetherlink.events.broker-test-{uuid.uuid4().hex[:6]}",
+            "up": throwaway_kafka.up, "stop": throwaway_kafka.stop}
 
 
 def test_broker_stop_and_restart_loses_nothing(outbox_db, platform_env, tenant, own_broker, tmp_path):

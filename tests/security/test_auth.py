@@ -1,8 +1,6 @@
 """Authentication on: tokens bound to one tenant, 401/403 rules, OIDC JWTs, no tokens in logs."""
 from __future__ import annotations
 
-import uuid
-
 import httpx
 import pytest
 

@@ -7,7 +7,7 @@ import time
 import httpx
 
 from aether_platform.stream_cursor import decode
-from tests.stream.conftest import mine, wait_until
+from tests.stream.conftest import wait_until
 from tests.stream.sse_client import SseClient
 
 
