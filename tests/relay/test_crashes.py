@@ -10,6 +10,7 @@ from collections import Counter
 
 import pytest
 
+from aether_platform.topics import TopicSpec, ensure_topic
 from tests.relay.conftest import assert_per_key_order, consume, relay_process, write_events
 
 pytestmark = pytest.mark.slow
@@ -54,8 +55,10 @@ def test_kill_9_mid_batch_loses_nothing(outbox_db, platform_env, tenant, kafka_b
 @pytest.fixture
 def own_broker(outbox_db, throwaway_kafka):
     """A broker the test may stop (tests.conftest.ThrowawayKafka), with a topic of its own."""
-    return {"bootstrap": throwaway_kafka.bootstrap, "topic": f"aetherlink.events.broker-test-{uuid.uuid4().hex[:6]}",
-            "up": throwaway_kafka.up, "stop": throwaway_kafka.stop}
+    topic = f"aetherlink.events.broker-test-{uuid.uuid4().hex[:6]}"
+    ensure_topic(throwaway_kafka.bootstrap, TopicSpec(name=topic, partitions=3, replication_factor=1))
+    return {"bootstrap": throwaway_kafka.bootstrap, "topic": topic, "up": throwaway_kafka.up,
+            "stop": throwaway_kafka.stop}
 
 
 def test_broker_stop_and_restart_loses_nothing(outbox_db, platform_env, tenant, own_broker, tmp_path):
