@@ -1,9 +1,10 @@
 """CRM aggregates (accounts, contacts, jobs) and their write path.
 
 Every state change runs in ONE transaction that holds: the idempotency claim, the business row,
-its outbox event and the idempotency record. `write()` is that transaction; the commands below
-(create, update, delete) only queue statements on it. The statements after the claim go out in
-one pipeline, so a create costs two network round trips to PostgreSQL.
+its outbox event and the idempotency record. `write()` is that transaction. The commands below
+(create, update, delete) return the inserts they need rather than running them, and write()
+folds those and the idempotency record into one statement (data-modifying CTEs) sent with the
+COMMIT: a create is two network round trips and two statements after BEGIN.
 """
 from __future__ import annotations
 
@@ -111,9 +112,11 @@ def _event(spec: AggregateSpec, verb: str, row: dict, now: datetime, traceparent
 
 
 # --------------------------------------------------------------------------- commands
-# A command queues its statements on the write transaction and returns the resource (or None).
+# A command may read or lock what it needs on the write transaction, and returns the resource
+# (or None) with the inserts still to run, as (sql, params) pairs.
 
-Command = Callable[[psycopg.AsyncConnection, datetime], Awaitable[dict | None]]
+Statement = tuple[str, tuple]
+Command = Callable[[psycopg.AsyncConnection, datetime], Awaitable[tuple[dict | None, list[Statement]]]]
 
 
 def create(spec: AggregateSpec, tenant_id: uuid.UUID, values: dict, traceparent: str | None = None) -> Command:
@@ -121,10 +124,9 @@ def create(spec: AggregateSpec, tenant_id: uuid.UUID, values: dict, traceparent:
         row = {"id": uuid.uuid4(), "tenant_id": tenant_id, **{f.column: values.get(f.column) for f in spec.fields},
                "created_at": now, "updated_at": now, "version": 1}
         cols = spec.columns
-        await conn.execute(f"INSERT INTO {spec.table} ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))})",
-                           [row[c] for c in cols])
-        await outbox.write_async(conn, _event(spec, "Created", row, now, traceparent))
-        return to_resource(spec, row)
+        insert = (f"INSERT INTO {spec.table} ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))})",
+                  tuple(row[c] for c in cols))
+        return to_resource(spec, row), [insert, outbox.insert_statement(_event(spec, "Created", row, now, traceparent))]
 
     return run
 
@@ -142,8 +144,7 @@ def update(spec: AggregateSpec, tenant_id: uuid.UUID, aggregate_id: uuid.UUID, c
         row = await _fetch_row(cur)
         if row is None:
             raise NotFound(f"No {spec.name} {aggregate_id} for this tenant.")
-        await outbox.write_async(conn, _event(spec, "Updated", row, now, traceparent))
-        return to_resource(spec, row)
+        return to_resource(spec, row), [outbox.insert_statement(_event(spec, "Updated", row, now, traceparent))]
 
     return run
 
@@ -155,8 +156,7 @@ def delete(spec: AggregateSpec, tenant_id: uuid.UUID, aggregate_id: uuid.UUID, t
         row = await _fetch_row(cur)
         if row is None:
             raise NotFound(f"No {spec.name} {aggregate_id} for this tenant.")
-        await outbox.write_async(conn, _event(spec, "Deleted", row, now, traceparent))
-        return None
+        return None, [outbox.insert_statement(_event(spec, "Deleted", row, now, traceparent))]
 
     return run
 
@@ -169,6 +169,16 @@ async def _fetch_row(cur) -> dict | None:
 
 
 # --------------------------------------------------------------------------- the write transaction
+
+
+def one_statement(statements: list[Statement]) -> Statement:
+    """INSERTs folded into one statement: all but the last become data-modifying CTEs, which
+    PostgreSQL always runs to completion. Placeholders keep their order, so params concatenate."""
+    *ctes, (last_sql, last_params) = statements
+    if not ctes:
+        return last_sql, last_params
+    sql = "WITH " + ", ".join(f"w{i} AS ({q})" for i, (q, _) in enumerate(ctes)) + " " + last_sql
+    return sql, tuple(p for _, ps in statements for p in ps)
 
 
 @dataclass(frozen=True)
@@ -190,13 +200,14 @@ async def write(conn: psycopg.AsyncConnection, req: IdempotentRequest, command: 
         return WriteResult(claimed.verdict, claimed.status_code, claimed.body, claimed.headers)
     now = outbox.utc_now()
     try:
+        resource, inserts = await command(conn, now)
+        body = orjson.dumps(resource) if resource is not None else b""
+        headers = {"content-type": "application/json"} if resource is not None else {}
+        if location and resource is not None:
+            headers["location"] = location(resource)
+        sql, params = one_statement([*inserts, idempotency.record_statement(req, now, status_code, body, headers)])
         async with conn.pipeline():
-            resource = await command(conn, now)
-            body = orjson.dumps(resource) if resource is not None else b""
-            headers = {"content-type": "application/json"} if resource is not None else {}
-            if location and resource is not None:
-                headers["location"] = location(resource)
-            await idempotency.record(conn, req, now, status_code, body, headers)
+            await conn.execute(sql, params)
             await conn.commit()
     except pg_errors.ForeignKeyViolation as exc:
         await conn.rollback()

@@ -141,10 +141,10 @@ async def claim(conn, req: IdempotentRequest) -> Claim:
     return Claim(Verdict.REPLAY, status_code=status, body=(body or "").encode(), headers=headers or {})
 
 
-async def record(conn, req: IdempotentRequest, now: datetime, status_code: int, body: bytes,
-                 headers: dict[str, str]) -> None:
-    """Queue the record's insert on the caller's transaction (commits with the business write)."""
+def record_statement(req: IdempotentRequest, now: datetime, status_code: int, body: bytes,
+                     headers: dict[str, str]) -> tuple[str, tuple]:
+    """The record's insert as (sql, params); it commits with the business write."""
     stored = {k: v for k, v in headers.items() if k.lower() in REPLAYED_HEADERS}
-    await conn.execute(_INSERT, (req.tenant_id, req.key, req.path, req.method, status_code, body.decode(), now,
-                                 now + req.ttl, req.fingerprint, orjson.dumps(stored).decode()))
+    return _INSERT, (req.tenant_id, req.key, req.path, req.method, status_code, body.decode(), now, now + req.ttl,
+                     req.fingerprint, orjson.dumps(stored).decode())
 

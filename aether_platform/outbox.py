@@ -77,6 +77,6 @@ def write(cursor, event: OutboxEvent) -> None:
     cursor.execute(INSERT_SQL, event.params())
 
 
-async def write_async(cursor, event: OutboxEvent) -> None:
-    """Insert on the caller's async psycopg cursor; the caller owns the transaction."""
-    await cursor.execute(INSERT_SQL, event.params())
+def insert_statement(event: OutboxEvent) -> tuple[str, tuple]:
+    """The insert as (sql, params), for a caller that folds several writes into one statement."""
+    return INSERT_SQL, event.params()
