@@ -45,6 +45,9 @@ def create_app() -> FastAPI:
         version="0.1.0",
         summary="Accounts, contacts and jobs; every write commits its outbox event in the same transaction.",
         lifespan=lifespan,
+        # FastAPI's built-in OpenTelemetry hooks default to on and, with no provider configured,
+        # still build spans and attributes on every request; /metrics is our telemetry.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.settings = settings
     app.state.write_limiter = TenantRateLimiter(settings.write_rate_per_tenant, settings.write_burst_per_tenant)
