@@ -74,7 +74,11 @@ class Config:
     def dagster_pg_url(self) -> str:
         from aether_platform.db_url import with_database
 
-        return os.environ.get("DAGSTER_PG_URL") or with_database(self.database_url, "dagster")
+        url = os.environ.get("DAGSTER_PG_URL") or with_database(self.database_url, "dagster")
+        # dagster-postgres is written for psycopg2, but SQLAlchemy 2.1 picks psycopg 3 for a bare
+        # postgresql:// URL, and psycopg 3's server-side binding breaks Dagster's
+        # `NOTIFY run_events, %(id)s`: runs then never start. Name the driver explicitly.
+        return re.sub(r"^postgres(ql)?://", "postgresql+psycopg2://", url)
 
     @property
     def kafka_bootstrap(self) -> str:
