@@ -61,11 +61,18 @@ def declared_topic() -> TopicSpec:
     )
 
 
+def silent_logger(name: str) -> logging.Logger:
+    """A logger for librdkafka clients whose caller reports reachability itself: librdkafka logs
+    every failed connection attempt, which would only be noise there. Safe to call repeatedly."""
+    logger = logging.getLogger(name)
+    logger.propagate = False
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+    return logger
+
+
 def _admin(bootstrap: str) -> AdminClient:
-    quiet = logging.getLogger("aether.kafka.admin")
-    quiet.propagate = False
-    quiet.addHandler(logging.NullHandler())
-    return AdminClient({"bootstrap.servers": bootstrap, "logger": quiet})
+    return AdminClient({"bootstrap.servers": bootstrap, "logger": silent_logger("aether.kafka.admin")})
 
 
 def describe_topic(bootstrap: str, name: str, timeout: float = 10.0) -> TopicState:

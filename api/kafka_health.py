@@ -3,18 +3,17 @@ and scrapes never hammer the broker or block the event loop."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 
 from confluent_kafka.admin import AdminClient
 
+from aether_platform.topics import silent_logger
+
 
 class KafkaProbe:
     def __init__(self, bootstrap: str, ttl: float = 2.0):
-        quiet = logging.getLogger("aether.kafka.probe")
-        quiet.propagate = False
-        quiet.addHandler(logging.NullHandler())
-        self._admin = AdminClient({"bootstrap.servers": bootstrap, "logger": quiet, "socket.timeout.ms": 1500})
+        self._admin = AdminClient({"bootstrap.servers": bootstrap, "logger": silent_logger("aether.kafka.probe"),
+                                   "socket.timeout.ms": 1500})
         self._ttl = ttl
         self._at = 0.0
         self._ok = False

@@ -456,19 +456,12 @@ def _java() -> str:
 def _kafka_ready(bootstrap: str) -> bool:
     from confluent_kafka.admin import AdminClient
 
+    from aether_platform.topics import silent_logger
+
     admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000,
-                         "logger": _quiet_logger()})
+                         "logger": silent_logger("aether.stack.kafka")})
     md = admin.list_topics(timeout=2)
     return bool(md.brokers)
-
-
-def _quiet_logger():
-    import logging
-
-    logger = logging.getLogger("aether.stack.kafka")
-    logger.addHandler(logging.NullHandler())
-    logger.propagate = False
-    return logger
 
 
 def start_kafka(cfg: Config) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
 
 from aether_platform.stream_cursor import Cursor, CursorEncoder, CursorError, topic_epoch
+from aether_platform.topics import silent_logger
 from api.stream import frames
 from api.stream.records import DedupWindow, Filter, from_message
 from api.stream.ring import PartitionRing
@@ -28,19 +29,12 @@ from api.stream.ring import PartitionRing
 log = logging.getLogger("aether.stream")
 
 
-def _quiet_logger(name: str) -> logging.Logger:
-    quiet = logging.getLogger(name)
-    quiet.propagate = False
-    quiet.addHandler(logging.NullHandler())
-    return quiet
-
-
 def consumer_config(bootstrap: str, group: str) -> dict:
     # group.id only satisfies librdkafka: partitions are assigned, nothing is ever committed.
     return {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
             "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": 50, "socket.keepalive.enable": True,
-            "logger": _quiet_logger("aether.stream.kafka")}
+            "logger": silent_logger("aether.stream.kafka")}
 
 
 @dataclass
@@ -177,7 +171,7 @@ class StreamHub:
             from confluent_kafka.admin import AdminClient
 
             admin = AdminClient({"bootstrap.servers": self.settings.kafka_bootstrap_servers,
-                                 "logger": _quiet_logger("aether.stream.admin")})
+                                 "logger": silent_logger("aether.stream.admin")})
             fut = admin.describe_topics(TopicCollection([self.topic]))[self.topic]
             return str(fut.result(timeout=5).topic_id)
         except Exception:  # noqa: BLE001 - the name alone still makes a valid, weaker epoch
