@@ -2,9 +2,12 @@
 
 Every state change runs in ONE transaction that holds: the idempotency claim, the business row,
 its outbox event and the idempotency record. `write()` is that transaction. The commands below
-(create, update, delete) return the inserts they need rather than running them, and write()
-folds those and the idempotency record into one statement (data-modifying CTEs) sent with the
-COMMIT: a create is two network round trips and two statements after BEGIN.
+(create, update, delete) return the inserts they need rather than running them, so write() can
+fold them with the idempotency record into one statement (data-modifying CTEs):
+- a create reads nothing, so its claim joins that statement too: one autocommit statement, one
+  network round trip, one implicit transaction;
+- an update or delete must lock and read its row first: BEGIN, claim, command, then the folded
+  inserts sent with the COMMIT, two round trips.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from psycopg import errors as pg_errors
 
 from aether_platform import idempotency, outbox
 from aether_platform.idempotency import IdempotentRequest, Verdict
+from aether_platform.inserts import Insert, fold
 
 
 @dataclass(frozen=True)
@@ -113,22 +117,22 @@ def _event(spec: AggregateSpec, verb: str, row: dict, now: datetime, traceparent
 
 # --------------------------------------------------------------------------- commands
 # A command may read or lock what it needs on the write transaction, and returns the resource
-# (or None) with the inserts still to run, as (sql, params) pairs.
+# (or None) with the inserts still to run.
 
-Statement = tuple[str, tuple]
-Command = Callable[[psycopg.AsyncConnection, datetime], Awaitable[tuple[dict | None, list[Statement]]]]
+@dataclass(frozen=True)
+class Command:
+    run: Callable[[psycopg.AsyncConnection, datetime], Awaitable[tuple[dict | None, list[Insert]]]]
+    reads: bool  # False: run() never touches the connection, so the write can be one statement
 
 
 def create(spec: AggregateSpec, tenant_id: uuid.UUID, values: dict, traceparent: str | None = None) -> Command:
     async def run(conn, now):
         row = {"id": uuid.uuid4(), "tenant_id": tenant_id, **{f.column: values.get(f.column) for f in spec.fields},
                "created_at": now, "updated_at": now, "version": 1}
-        cols = spec.columns
-        insert = (f"INSERT INTO {spec.table} ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))})",
-                  tuple(row[c] for c in cols))
+        insert = Insert(spec.table, spec.columns, tuple(row[c] for c in spec.columns))
         return to_resource(spec, row), [insert, outbox.insert_statement(_event(spec, "Created", row, now, traceparent))]
 
-    return run
+    return Command(run, reads=False)
 
 
 def update(spec: AggregateSpec, tenant_id: uuid.UUID, aggregate_id: uuid.UUID, changes: dict,
@@ -146,7 +150,7 @@ def update(spec: AggregateSpec, tenant_id: uuid.UUID, aggregate_id: uuid.UUID, c
             raise NotFound(f"No {spec.name} {aggregate_id} for this tenant.")
         return to_resource(spec, row), [outbox.insert_statement(_event(spec, "Updated", row, now, traceparent))]
 
-    return run
+    return Command(run, reads=True)
 
 
 def delete(spec: AggregateSpec, tenant_id: uuid.UUID, aggregate_id: uuid.UUID, traceparent: str | None = None) -> Command:
@@ -158,7 +162,7 @@ def delete(spec: AggregateSpec, tenant_id: uuid.UUID, aggregate_id: uuid.UUID, t
             raise NotFound(f"No {spec.name} {aggregate_id} for this tenant.")
         return None, [outbox.insert_statement(_event(spec, "Deleted", row, now, traceparent))]
 
-    return run
+    return Command(run, reads=True)
 
 
 async def _fetch_row(cur) -> dict | None:
@@ -169,16 +173,6 @@ async def _fetch_row(cur) -> dict | None:
 
 
 # --------------------------------------------------------------------------- the write transaction
-
-
-def one_statement(statements: list[Statement]) -> Statement:
-    """INSERTs folded into one statement: all but the last become data-modifying CTEs, which
-    PostgreSQL always runs to completion. Placeholders keep their order, so params concatenate."""
-    *ctes, (last_sql, last_params) = statements
-    if not ctes:
-        return last_sql, last_params
-    sql = "WITH " + ", ".join(f"w{i} AS ({q})" for i, (q, _) in enumerate(ctes)) + " " + last_sql
-    return sql, tuple(p for _, ps in statements for p in ps)
 
 
 @dataclass(frozen=True)
@@ -192,28 +186,63 @@ class WriteResult:
 
 async def write(conn: psycopg.AsyncConnection, req: IdempotentRequest, command: Command, status_code: int,
                 location: Callable[[dict], str] | None = None) -> WriteResult:
-    """Run `command` exactly once per idempotency key, in one transaction with its record."""
+    """Run `command` exactly once per idempotency key, atomically with its outbox event and record.
+
+    `conn` is in autocommit mode: the one-statement path is its own transaction, and the
+    transactional path opens one explicitly."""
     start = time.perf_counter()
+    try:
+        if not command.reads:
+            done = await _write_one_statement(conn, req, command, status_code, location, start)
+            if done is not None:
+                return done
+        return await _write_in_transaction(conn, req, command, status_code, location, start)
+    except pg_errors.ForeignKeyViolation as exc:
+        if "is still referenced" in str(exc):
+            raise Conflict("The resource is still referenced (e.g. an account with jobs or contacts).") from exc
+        raise InvalidReference("accountId does not refer to an account of this tenant.") from exc
+
+
+async def _execute(command: Command, conn, req: IdempotentRequest, status_code: int, location):
+    now = outbox.utc_now()
+    resource, inserts = await command.run(conn, now)
+    body = orjson.dumps(resource) if resource is not None else b""
+    headers = {"content-type": "application/json"} if resource is not None else {}
+    if location and resource is not None:
+        headers["location"] = location(resource)
+    return body, headers, [*inserts, idempotency.record_statement(req, now, status_code, body, headers)]
+
+
+async def _write_one_statement(conn, req, command, status_code, location, start) -> WriteResult | None:
+    """Claim and inserts in one statement. None: the claim was not clean (lock held, record
+    present, or a racing commit on the record's unique index), nothing was written, and the
+    transactional path must decide."""
+    body, headers, inserts = await _execute(command, conn, req, status_code, location)
+    sql, params = fold(inserts, guard=idempotency.CLAIMED, head=idempotency.claim_cte(req),
+                       tail=idempotency.CLAIM_RESULT)
+    try:
+        cur = await conn.execute(sql, params)
+    except pg_errors.UniqueViolation as exc:
+        if exc.diag.constraint_name == idempotency.RECORD_UNIQUE_INDEX:
+            return None
+        raise
+    (written,) = await cur.fetchone()
+    if not written:
+        return None
+    return WriteResult(Verdict.EXECUTE, status_code, body, headers, time.perf_counter() - start)
+
+
+async def _write_in_transaction(conn, req, command, status_code, location, start) -> WriteResult:
     claimed = await idempotency.claim(conn, req)
     if claimed.verdict is not Verdict.EXECUTE:
         await conn.rollback()
         return WriteResult(claimed.verdict, claimed.status_code, claimed.body, claimed.headers)
-    now = outbox.utc_now()
     try:
-        resource, inserts = await command(conn, now)
-        body = orjson.dumps(resource) if resource is not None else b""
-        headers = {"content-type": "application/json"} if resource is not None else {}
-        if location and resource is not None:
-            headers["location"] = location(resource)
-        sql, params = one_statement([*inserts, idempotency.record_statement(req, now, status_code, body, headers)])
+        body, headers, inserts = await _execute(command, conn, req, status_code, location)
+        sql, params = fold(inserts)
         async with conn.pipeline():
             await conn.execute(sql, params)
             await conn.commit()
-    except pg_errors.ForeignKeyViolation as exc:
-        await conn.rollback()
-        if "is still referenced" in str(exc):
-            raise Conflict("The resource is still referenced (e.g. an account with jobs or contacts).") from exc
-        raise InvalidReference("accountId does not refer to an account of this tenant.") from exc
     except BaseException:
         await conn.rollback()
         raise
@@ -265,6 +294,5 @@ async def list_page(conn, spec: AggregateSpec, tenant_id: uuid.UUID, filters: di
         f" ORDER BY created_at DESC, id DESC LIMIT %s", [*params, limit + 1])
     names = [d.name for d in cur.description]
     rows = [dict(zip(names, r)) for r in await cur.fetchall()]
-    await conn.rollback()
     next_cursor = encode_cursor(rows[limit - 1]["created_at"], rows[limit - 1]["id"]) if len(rows) > limit else None
     return [to_resource(spec, r) for r in rows[:limit]], next_cursor

@@ -11,6 +11,9 @@ Guarantees and their mechanism:
   method, path and canonical JSON body.
 - Only successful executions are stored. Errors — validation, domain (404, 409) or 5xx — roll
   the transaction back with the claim, so the client may retry with the same key.
+- Fast path: a write that needs no reads (a create) takes the claim inside its one statement
+  (`CLAIM_CTE`); any doubt — a held lock, an existing record, a race on the unique index — falls
+  back to the transactional claim(), which decides as above.
 - Keys expire after a TTL (24 h by default). An expired record is deleted on reuse, inside the
   claiming transaction, and the request runs as new; a scheduled job sweeps the rest.
 """
@@ -24,6 +27,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import orjson
+
+from aether_platform.inserts import Insert
 
 MAX_KEY_LENGTH = 200  # the seed's column is VARCHAR(200)
 # RFC 8941 sf-string characters (printable ASCII); the draft sends the key as a quoted sf-string,
@@ -110,20 +115,38 @@ _LOOKUP = (
     " expires_at <= now() AS expired FROM idempotency_keys WHERE tenant_id = %s AND key = %s"
 )
 _DELETE_EXPIRED = "DELETE FROM idempotency_keys WHERE tenant_id = %s AND key = %s AND expires_at <= now()"
-_INSERT = (
-    "INSERT INTO idempotency_keys (tenant_id, key, request_path, request_method, status_code, response_body,"
-    " created_at, expires_at, request_fingerprint, response_headers)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)"
+_RECORD_COLUMNS = ("tenant_id", "key", "request_path", "request_method", "status_code", "response_body", "created_at",
+                   "expires_at", "request_fingerprint", "response_headers")
+_RECORD_PLACEHOLDERS = ("%s",) * 9 + ("%s::jsonb",)
+# The unique index a second record for one (tenant, key) runs into.
+RECORD_UNIQUE_INDEX = "IX_idempotency_keys_tenant_key"
+
+# The claim inside a one-statement write (see crm.write): `claimed` yields a row only if the lock
+# was free and no record exists. All of the statement shares one snapshot, so a record committed
+# between that snapshot and the lock is not seen here; the record's unique index then refuses the
+# insert, the whole statement rolls back, and the caller falls back to claim() below.
+CLAIM_CTE = (
+    "claim AS MATERIALIZED (SELECT pg_try_advisory_xact_lock(%s) AS locked,"
+    " NOT EXISTS (SELECT 1 FROM idempotency_keys WHERE tenant_id = %s AND key = %s) AS fresh),"
+    " claimed AS MATERIALIZED (SELECT 1 FROM claim WHERE locked AND fresh)"
 )
+CLAIMED = "claimed"
+CLAIM_RESULT = "SELECT locked AND fresh FROM claim"
+
+
+def claim_cte(req: IdempotentRequest) -> tuple[str, tuple]:
+    return CLAIM_CTE, (lock_id(req.tenant_id, req.key), req.tenant_id, req.key)
 
 
 async def claim(conn, req: IdempotentRequest) -> Claim:
-    """First statements of the write transaction: take the key's lock and look up its record.
+    """First statements of a write transaction: begin, take the key's lock and look up its record.
 
-    Both go in one pipeline (one network round trip). The lookup runs after the lock in the
+    All go in one pipeline (one network round trip); the connection is in autocommit mode, so the
+    transaction is opened explicitly. The lookup runs after the lock in the
     same transaction, so a record committed by a request that has just released the lock is
     seen (READ COMMITTED takes a new snapshot per statement)."""
     async with conn.pipeline():
+        await conn.execute("BEGIN")
         lock_cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (lock_id(req.tenant_id, req.key),))
         row_cur = await conn.execute(_LOOKUP, (req.tenant_id, req.key))
     (locked,) = await lock_cur.fetchone()
@@ -142,9 +165,10 @@ async def claim(conn, req: IdempotentRequest) -> Claim:
 
 
 def record_statement(req: IdempotentRequest, now: datetime, status_code: int, body: bytes,
-                     headers: dict[str, str]) -> tuple[str, tuple]:
-    """The record's insert as (sql, params); it commits with the business write."""
+                     headers: dict[str, str]) -> Insert:
+    """The record's insert; it commits with the business write."""
     stored = {k: v for k, v in headers.items() if k.lower() in REPLAYED_HEADERS}
-    return _INSERT, (req.tenant_id, req.key, req.path, req.method, status_code, body.decode(), now, now + req.ttl,
-                     req.fingerprint, orjson.dumps(stored).decode())
+    return Insert("idempotency_keys", _RECORD_COLUMNS,
+                  (req.tenant_id, req.key, req.path, req.method, status_code, body.decode(), now, now + req.ttl,
+                   req.fingerprint, orjson.dumps(stored).decode()), _RECORD_PLACEHOLDERS)
 

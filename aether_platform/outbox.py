@@ -17,6 +17,8 @@ from datetime import datetime, timezone
 
 import orjson
 
+from aether_platform.inserts import Insert
+
 EVENT_TYPES = ("AccountCreated", "AccountUpdated", "AccountDeleted", "ContactCreated", "ContactUpdated",
                "ContactDeleted", "JobCreated", "JobUpdated", "JobDeleted")
 
@@ -53,10 +55,9 @@ class OutboxEvent:
                 self.aggregate_type, self.aggregate_key, self.traceparent)
 
 
-INSERT_SQL = (
-    "INSERT INTO outbox_events (tenant_id, type, payload, occurred_at, event_id, aggregate_type, aggregate_key,"
-    " traceparent) VALUES (%s, %s, %s::jsonb, %s, %s, %s, %s, %s)"
-)
+_COLUMNS = ("tenant_id", "type", "payload", "occurred_at", "event_id", "aggregate_type", "aggregate_key", "traceparent")
+_PLACEHOLDERS = ("%s", "%s", "%s::jsonb", "%s", "%s", "%s", "%s", "%s")
+INSERT_SQL = Insert("outbox_events", _COLUMNS, (), _PLACEHOLDERS).sql()
 
 
 def make_event(event_type: str, aggregate_type: str, tenant_id: uuid.UUID, aggregate_id: uuid.UUID,
@@ -77,6 +78,6 @@ def write(cursor, event: OutboxEvent) -> None:
     cursor.execute(INSERT_SQL, event.params())
 
 
-def insert_statement(event: OutboxEvent) -> tuple[str, tuple]:
-    """The insert as (sql, params), for a caller that folds several writes into one statement."""
-    return INSERT_SQL, event.params()
+def insert_statement(event: OutboxEvent) -> Insert:
+    """The insert as data, for a caller that folds several writes into one statement."""
+    return Insert("outbox_events", _COLUMNS, event.params(), _PLACEHOLDERS)

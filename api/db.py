@@ -16,5 +16,5 @@ def make_pool(settings: Settings) -> AsyncConnectionPool:
         max_size=settings.db_pool_max,
         open=False,
         timeout=5.0,
-        kwargs={"autocommit": False, "connect_timeout": 3},
+        kwargs={"autocommit": True, "connect_timeout": 3},
     )

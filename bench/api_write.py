@@ -1,8 +1,9 @@
 """POST /api/crm/jobs throughput and latency, against the database's own ceiling.
 
-1. Ceiling: pgbench runs the very statements the endpoint runs (advisory-lock claim, key
-   lookup, job insert, outbox insert, key insert, commit, pipelined the same way) with 50
-   clients: the transactions/s this machine's PostgreSQL can do for this write.
+1. Ceiling: pgbench runs the very statement the endpoint runs (one autocommit statement: the
+   advisory-lock claim and key lookup, then the job, outbox and key inserts as CTEs guarded by
+   the claim), prepared as psycopg prepares it, with 50 clients: the transactions/s this
+   machine's PostgreSQL can do for this write.
 2. Throughput: wrk, 50 connections, unique Idempotency-Keys, against the API served as in
    production (uvicorn, one worker per core, uvloop, httptools). Ratio = API req/s / ceiling.
 3. Latency at a steady 500 req/s: an open-loop client that sends on a fixed schedule and times
@@ -37,17 +38,11 @@ STEADY_RATE = 500
 
 PGBENCH_SCRIPT = r"""
 \set n random(1, 1000000000)
-\startpipeline
-BEGIN;
-SELECT pg_try_advisory_xact_lock(:n::bigint * 7919 + :client_id);
-SELECT request_method, request_path, request_fingerprint, status_code, response_body, response_headers, expires_at <= now() FROM idempotency_keys WHERE tenant_id = '00000000-0000-0000-0000-000000000001' AND key = 'k-' || :client_id || '-' || :n;
-\endpipeline
-\startpipeline
-INSERT INTO jobs (id, tenant_id, account_id, title, status, created_at, updated_at, version) VALUES (gen_random_uuid(), '00000000-0000-0000-0000-000000000001', NULL, 'Replace boiler valve', 'Open', now(), now(), 1);
-INSERT INTO outbox_events (tenant_id, type, payload, occurred_at, event_id, aggregate_type, aggregate_key, traceparent) VALUES ('00000000-0000-0000-0000-000000000001', 'JobCreated', jsonb_build_object('Type', 'JobCreated', 'TenantId', '00000000-0000-0000-0000-000000000001', 'JobId', gen_random_uuid(), 'Title', 'Replace boiler valve', 'Status', 'Open', 'Ts', now()), now(), gen_random_uuid(), 'job', gen_random_uuid()::text, NULL);
-INSERT INTO idempotency_keys (tenant_id, key, request_path, request_method, status_code, response_body, created_at, expires_at, request_fingerprint, response_headers) VALUES ('00000000-0000-0000-0000-000000000001', 'k-' || :client_id || '-' || :n || '-' || random(), '/api/crm/jobs', 'POST', 202, json_build_object('id', gen_random_uuid(), 'tenantId', '00000000-0000-0000-0000-000000000001', 'accountId', NULL, 'title', 'Replace boiler valve', 'status', 'Open', 'createdAt', now(), 'updatedAt', now(), 'version', 1)::text, now(), now() + interval '1 day', 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855', jsonb_build_object('content-type', 'application/json', 'location', '/api/crm/jobs/6c0f6d3e-1111-4222-8333-444455556666'));
-COMMIT;
-\endpipeline
+WITH claim AS MATERIALIZED (SELECT pg_try_advisory_xact_lock(:n::bigint * 7919 + :client_id) AS locked, NOT EXISTS (SELECT 1 FROM idempotency_keys WHERE tenant_id = '00000000-0000-0000-0000-000000000001' AND key = 'k-' || :client_id || '-' || :n) AS fresh), claimed AS MATERIALIZED (SELECT 1 FROM claim WHERE locked AND fresh),
+w0 AS (INSERT INTO jobs (id, tenant_id, account_id, title, status, created_at, updated_at, version) SELECT gen_random_uuid(), '00000000-0000-0000-0000-000000000001'::uuid, NULL::uuid, 'Replace boiler valve', 'Open', now(), now(), 1 FROM claimed),
+w1 AS (INSERT INTO outbox_events (tenant_id, type, payload, occurred_at, event_id, aggregate_type, aggregate_key, traceparent) SELECT '00000000-0000-0000-0000-000000000001'::uuid, 'JobCreated', jsonb_build_object('Type', 'JobCreated', 'TenantId', '00000000-0000-0000-0000-000000000001', 'JobId', gen_random_uuid(), 'Title', 'Replace boiler valve', 'Status', 'Open', 'Ts', now()), now(), gen_random_uuid(), 'job', gen_random_uuid()::text, NULL FROM claimed),
+w2 AS (INSERT INTO idempotency_keys (tenant_id, key, request_path, request_method, status_code, response_body, created_at, expires_at, request_fingerprint, response_headers) SELECT '00000000-0000-0000-0000-000000000001'::uuid, 'k-' || :client_id || '-' || :n, '/api/crm/jobs', 'POST', 202, json_build_object('id', gen_random_uuid(), 'tenantId', '00000000-0000-0000-0000-000000000001', 'accountId', NULL, 'title', 'Replace boiler valve', 'status', 'Open', 'createdAt', now(), 'updatedAt', now(), 'version', 1)::text, now(), now() + interval '1 day', 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855', jsonb_build_object('content-type', 'application/json', 'location', '/api/crm/jobs/6c0f6d3e-1111-4222-8333-444455556666') FROM claimed)
+SELECT locked AND fresh FROM claim;
 """
 
 WRK_SCRIPT = r"""
@@ -95,7 +90,7 @@ def pgbench_ceiling(url: str) -> float:
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
         f.write(PGBENCH_SCRIPT)
     pgbench = stack._pg_bin("pgbench")
-    r = subprocess.run([pgbench, "-n", "-M", "extended", "-c", str(CLIENTS), "-j", "2", "-T", str(SECONDS),
+    r = subprocess.run([pgbench, "-n", "-M", "prepared", "-c", str(CLIENTS), "-j", "2", "-T", str(SECONDS),
                         "-f", f.name, libpq_url(url)], capture_output=True, text=True)
     os.unlink(f.name)
     m = re.search(r"tps = ([\d.]+)", r.stdout)
