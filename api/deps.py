@@ -50,6 +50,9 @@ async def idempotency_key(idempotency_key: Annotated[str, Header(
 
 async def traceparent(request: Request) -> str | None:
     """W3C trace context, carried into the outbox row and on to the Kafka record; ignored if malformed."""
-    value = request.headers.get("traceparent")
+    return valid_traceparent(request.headers.get("traceparent"))
+
+
+def valid_traceparent(value: str | None) -> str | None:
     return value if value and _TRACEPARENT.match(value) else None
 

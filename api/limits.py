@@ -69,15 +69,20 @@ class RequestLimits:
         if json_depth_exceeds(body, self.max_depth):
             return await _problem(send, scope, 422, "JSON nested too deeply",
                                   f"Arrays and objects may nest at most {self.max_depth} levels.")
-        pending = [{"type": "http.request", "body": bytes(body), "more_body": False}]
-
-        async def replay():
-            return pending.pop() if pending else await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replay_body(bytes(body), receive), send)
 
     async def _too_large(self, scope, send):
         await _problem(send, scope, 413, "Payload Too Large", f"The request body exceeds {self.max_body} bytes.")
+
+
+def replay_body(body: bytes, receive):
+    """A `receive` that hands the app a body already read, then defers to the real one."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replay():
+        return pending.pop() if pending else await receive()
+
+    return replay
 
 
 async def _problem(send, scope, status: int, title: str, detail: str) -> None:

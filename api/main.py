@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from contextlib import asynccontextmanager
 
@@ -10,6 +11,7 @@ from fastapi import FastAPI
 from aether_platform.settings import get_settings
 from api import problems
 from api.db import make_pool
+from api.fast_create import FastCreate
 from api.kafka_health import KafkaProbe
 from api.stream import lifecycle as stream_lifecycle
 from api.limits import RequestLimits
@@ -31,6 +33,10 @@ async def lifespan(app: FastAPI):
     app.state.pool = pool
     app.state.kafka_probe = KafkaProbe(settings.kafka_bootstrap_servers)
     await stream_lifecycle.start(app)
+    # Everything built so far (modules, FastAPI's routes, pydantic's validators) lives as long
+    # as the process; frozen, the cyclic GC stops re-scanning it. Without this a full
+    # collection stalled every in-flight request for ~150 ms under load (measured).
+    gc.freeze()
     try:
         yield
     finally:
@@ -52,7 +58,10 @@ def create_app() -> FastAPI:
     app.state.settings = settings
     app.state.write_limiter = TenantRateLimiter(settings.write_rate_per_tenant, settings.write_burst_per_tenant)
     # Middlewares wrap in reverse order of addition: metrics outermost (it counts 401s, 413s and
-    # 500s too), then the 500 safety net, then authentication, then the request limits.
+    # 500s too), then the 500 safety net, then authentication, then the request limits, and
+    # innermost, just before routing, the create endpoints' fast path.
+    if settings.api_fast_create:
+        app.add_middleware(FastCreate, state=app.state)
     app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes,
                        max_header_bytes=settings.max_header_bytes, max_json_depth=settings.max_json_depth)
     app.add_middleware(Authentication, authenticator=auth.from_settings(settings),

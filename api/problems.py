@@ -42,6 +42,17 @@ def problem_response(status: int, title: str, detail: str | None = None, *, type
     return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+# The database is down or restarting: tell the client to come back, never a 500. The pool
+# reconnects by itself once the server answers again.
+DATABASE_UNAVAILABLE = (psycopg.OperationalError, PoolTimeout)
+
+
+def database_unavailable(method: str, path: str, exc: Exception) -> Response:
+    log.warning("database unavailable on %s %s: %s", method, path, type(exc).__name__)
+    return problem_response(503, "Service Unavailable", "The database is unavailable; retry shortly.",
+                            instance=path, headers={"Retry-After": "2"})
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem):
@@ -65,15 +76,11 @@ def install(app: FastAPI) -> None:
         return problem_response(exc.status_code, _reason(exc.status_code), str(exc.detail) if exc.detail else None,
                                 instance=request.url.path, headers=getattr(exc, "headers", None))
 
-    # The database is down or restarting: tell the client to come back, never a 500. The pool
-    # reconnects by itself once the server answers again.
     async def _unavailable(request: Request, exc: Exception):
-        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
-        return problem_response(503, "Service Unavailable", "The database is unavailable; retry shortly.",
-                                instance=request.url.path, headers={"Retry-After": "2"})
+        return database_unavailable(request.method, request.url.path, exc)
 
-    app.add_exception_handler(psycopg.OperationalError, _unavailable)
-    app.add_exception_handler(PoolTimeout, _unavailable)
+    for exc_type in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(exc_type, _unavailable)
 
     @app.exception_handler(orjson.JSONDecodeError)
     async def _bad_json(request: Request, exc: Exception):

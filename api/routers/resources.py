@@ -3,11 +3,13 @@ contacts and jobs share one tested implementation of create, read, list, patch a
 
 import math
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Callable
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.routing import APIRoute
 from fastapi.responses import Response
 from pydantic import BaseModel
 
@@ -30,22 +32,24 @@ Key = Annotated[str, Depends(idempotency_key)]
 Trace = Annotated[str | None, Depends(traceparent)]
 
 
-async def run_write(request: Request, tenant: uuid.UUID, key: str, command: crm.Command, status_code: int,
-                    aggregate: str, location=None) -> Response:
-    wait = request.app.state.write_limiter.acquire(tenant)
+async def perform_write(state, method: str, path: str, tenant: uuid.UUID, key: str, body: object,
+                        command: crm.Command, status_code: int, aggregate: str, location=None) -> Response:
+    """One write, from the rate limit to the answer. Shared by the routes below and by the create
+    fast path (api.fast_create), so that both answer alike. `body` is the parsed JSON body, for
+    the idempotency fingerprint."""
+    wait = state.write_limiter.acquire(tenant)
     if wait:
         return problem_response(429, "Too Many Requests", "This tenant's write rate is over its limit; retry later.",
-                                instance=request.url.path, headers={"Retry-After": str(max(1, math.ceil(wait)))})
-    body = await request.body()
+                                instance=path, headers={"Retry-After": str(max(1, math.ceil(wait)))})
     req = IdempotentRequest(
-        tenant_id=tenant, key=key, method=request.method, path=request.url.path,
-        fingerprint=idempotency.fingerprint(request.method, request.url.path, orjson.loads(body) if body else None),
-        ttl=timedelta(seconds=request.app.state.settings.idempotency_ttl_seconds))
+        tenant_id=tenant, key=key, method=method, path=path,
+        fingerprint=idempotency.fingerprint(method, path, body),
+        ttl=timedelta(seconds=state.settings.idempotency_ttl_seconds))
     try:
-        async with request.app.state.pool.connection() as conn:
+        async with state.pool.connection() as conn:
             result = await crm.write(conn, req, command, status_code, location)
     except crm.DomainError as exc:
-        raise Problem(exc.status, exc.title, exc.detail) from None
+        return problem_response(exc.status, exc.title, exc.detail, instance=path)
     if result.verdict is Verdict.EXECUTE:
         OUTBOX_WRITE_SECONDS.labels(aggregate).observe(result.seconds)
         return Response(result.body, status_code=result.status_code, headers=result.headers)
@@ -57,17 +61,39 @@ async def run_write(request: Request, tenant: uuid.UUID, key: str, command: crm.
         IDEMPOTENCY_CONFLICTS.labels("in_flight").inc()
         return problem_response(409, "Request in flight",
                                 "A request with this Idempotency-Key is still being processed; retry shortly.",
-                                instance=request.url.path, headers={"Retry-After": "1"})
+                                instance=path, headers={"Retry-After": "1"})
     IDEMPOTENCY_CONFLICTS.labels("mismatch").inc()
     return problem_response(422, "Idempotency-Key reused",
                             "This Idempotency-Key was used for a different request (method, path or body).",
-                            instance=request.url.path)
+                            instance=path)
+
+
+async def run_write(request: Request, tenant: uuid.UUID, key: str, command: crm.Command, status_code: int,
+                    aggregate: str, location=None) -> Response:
+    raw = await request.body()
+    return await perform_write(request.app.state, request.method, request.url.path, tenant, key,
+                               orjson.loads(raw) if raw else None, command, status_code, aggregate, location)
 
 
 def _columns(spec: crm.AggregateSpec, body: BaseModel, only_set: bool) -> dict:
     by_api = {f.api: f.column for f in spec.fields}
     data = body.model_dump(by_alias=True, exclude_unset=only_set)
     return {by_api[k]: v for k, v in data.items()}
+
+
+@dataclass(frozen=True)
+class CreateRecipe:
+    """What a create route needs beyond the HTTP layer; api.fast_create serves the same routes."""
+    spec: crm.AggregateSpec
+    model: type[BaseModel]
+    location: Callable[[dict], str]
+    route: APIRoute
+
+    def command(self, tenant: uuid.UUID, body: BaseModel, trace: str | None) -> crm.Command:
+        return crm.create(self.spec, tenant, _columns(self.spec, body, only_set=False), trace)
+
+
+CREATES: dict[str, CreateRecipe] = {}  # by path, e.g. "/api/crm/jobs"
 
 
 def resource_router(spec: crm.AggregateSpec, plural: str, create_model: type[BaseModel], patch_model: type[BaseModel],
@@ -81,8 +107,10 @@ def resource_router(spec: crm.AggregateSpec, plural: str, create_model: type[Bas
     @router.post("", status_code=202, summary=f"Create a {noun}", response_model=out_model,
                  responses=WRITE_ERRORS, operation_id=f"create_{noun}")
     async def create(body: create_model, request: Request, tenant: Tenant, key: Key, trace: Trace):  # type: ignore[valid-type]
-        command = crm.create(spec, tenant, _columns(spec, body, only_set=False), trace)
-        return await run_write(request, tenant, key, command, 202, spec.name, location)
+        return await run_write(request, tenant, key, recipe.command(tenant, body, trace), 202, spec.name, location)
+
+    route = next(r for r in router.routes if getattr(r, "endpoint", None) is create)
+    recipe = CREATES[route.path] = CreateRecipe(spec, create_model, location, route)
 
     @router.get("/{item_id}", summary=f"Read a {noun}", response_model=out_model, responses=READ_ERRORS,
                 operation_id=f"get_{noun}")
