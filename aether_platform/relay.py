@@ -39,7 +39,6 @@ from aether_platform.topics import MAX_MESSAGE_BYTES
 log = logging.getLogger("aether.relay")
 
 RELAY_NAME = "outbox-relay"
-NOTIFY_CHANNEL = "outbox_events"  # raised by the trigger of migration 0004
 # pg_advisory_lock(int4, int4): "AETH" and lane 1. Two-int form so pg_locks shows it as
 # classid/objid with objsubid 2, which is how a leader sees a successor waiting.
 LOCK_KEY = (0x41455448, 1)
@@ -141,9 +140,10 @@ class RelayConfig(BaseSettings):
     # but no longer than this, so that a missing successor cannot keep it alive for ever.
     handover_grace_seconds: float = Field(120.0, alias="AETHER_RELAY_HANDOVER_GRACE_SECONDS")
     linger_ms: int = Field(5, alias="AETHER_RELAY_LINGER_MS")
-    # The idle claim interval in streaming mode: wakes for rows whose backoff has expired, which
-    # raise no notification.
-    idle_poll_seconds: float = Field(1.0, alias="AETHER_RELAY_IDLE_POLL_SECONDS")
+    # Streaming mode claims again at once while batches come back non-empty, and polls at this
+    # interval while idle. Not LISTEN/NOTIFY: a NOTIFY takes a database-wide lock at commit and
+    # serialized every writer's commit (migration 0005). An idle poll is one indexed claim.
+    idle_poll_seconds: float = Field(0.01, alias="AETHER_RELAY_IDLE_POLL_SECONDS")
 
     @classmethod
     def from_env(cls, **overrides) -> "RelayConfig":
@@ -291,10 +291,7 @@ class Relay:
         with psycopg.connect(libpq_url(cfg.dsn)) as conn:
             if not self._lead(conn):
                 return self.totals
-            listener = psycopg.connect(libpq_url(cfg.dsn), autocommit=True) if self.mode == "streaming" else None
             try:
-                if listener is not None:
-                    listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
                 self._producer = Producer(cfg.producer_config())
                 last_beat = last_observe = last_retire_check = 0.0
                 while not self._stopping:
@@ -320,16 +317,9 @@ class Relay:
                         if claimed == 0:
                             break
                         continue
-                    if claimed:
-                        continue
-                    # Notifications that arrive while a batch is in flight are queued, so a
-                    # commit is never missed between the claim and this wait.
-                    for _ in listener.notifies(timeout=min(cfg.idle_poll_seconds, cfg.heartbeat_seconds),
-                                               stop_after=1):
-                        pass
+                    if not claimed:
+                        time.sleep(cfg.idle_poll_seconds)
             finally:
-                if listener is not None:
-                    listener.close()
                 # An unfinished batch is rolled back, never marked: what it sent is re-sent later.
                 if not conn.broken:
                     conn.rollback()
