@@ -26,6 +26,7 @@ import orjson
 from bench._relay_setup import REPO, bench_database, bench_topic
 from bench.relay_latency import kafka_floor, pct
 from bench.report import Figure, emit, progress
+from devstack import stack
 
 RATE = 500
 SECONDS = int(os.environ.get("AETHER_BENCH_SECONDS", 15))
@@ -108,9 +109,10 @@ def main() -> None:
         progress(f"baseline: bare Kafka produce → ack at {RATE}/s")
         floor = kafka_floor(bootstrap, topic, RATE * 5)
         port = free_port()
-        progress("starting the API (2 workers) and a streaming relay")
+        workers = stack.default_api_workers()
+        progress(f"starting the API ({workers} workers, as the stack runs it) and a streaming relay")
         api = subprocess.Popen([sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port",
-                                str(port), "--workers", "2", "--loop", "uvloop", "--http", "httptools",
+                                str(port), "--workers", str(workers), "--loop", "uvloop", "--http", "httptools",
                                 "--no-access-log", "--log-level", "warning"], cwd=REPO, env=env,
                                start_new_session=True)
         relay = subprocess.Popen([sys.executable, "-m", "aether_platform.relay", "--mode", "streaming"], cwd=REPO,
@@ -152,7 +154,8 @@ def main() -> None:
                     goal="<= 250 ms", met=p99 <= 250 and missing == 0),
              Figure("events accepted but not seen on the stream", missing, "events", goal="0", met=missing == 0),
          ],
-         notes=f"{len(due_of)} jobs created at {RATE}/s for {SECONDS}s; API with 2 uvicorn workers; one streaming "
+         notes=f"{len(due_of)} jobs created at {RATE}/s for {SECONDS}s; API with {stack.default_api_workers()} uvicorn "
+               "workers; one streaming "
                "relay (10 ms idle poll); one SSE client filtered to the bench tenant.")
 
 
