@@ -401,7 +401,9 @@ def main() -> int:
              f"{', ' + hub.error if hub.error else ''}.")
     emit("sse_fanout", "SSE fan-out: one shared consumer vs one consumer per client",
          "python -m bench.sse_fanout", figures, notes)
-    return 0 if hub.ok else 1
+    # A missed speed goal is a figure in BENCHMARKS.md, as in every other benchmark; the run fails
+    # only when the platform lost events or could not be measured.
+    return 0 if not hub.error and hub.lost == 0 and hub.connected == CLIENTS else 1
 
 
 if __name__ == "__main__":
