@@ -497,11 +497,10 @@ def start_kafka(cfg: Config) -> None:
         if not (data / "meta.properties").exists():
             cluster_file = kdir / "cluster.id"
             if not cluster_file.exists():
-                import base64
-
-                cluster_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+                cluster_file.write_text(kafka_cluster_id())
             say("kafka: formatting KRaft storage")
-            r = subprocess.run([*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_file.read_text().strip(),
+            r = subprocess.run([*jvm, "kafka.tools.StorageTool", "format",
+                                f"--cluster-id={cluster_file.read_text().strip()}",
                                 "-c", str(props), "--ignore-formatted"], capture_output=True, text=True)
             if r.returncode != 0:
                 raise StackError(f"kafka: storage format failed: {r.stdout.strip()} {r.stderr.strip()}")
@@ -509,6 +508,18 @@ def start_kafka(cfg: Config) -> None:
         _spawn(cfg, "kafka", [*jvm, "kafka.Kafka", str(props)])
     wait_until("kafka", f"AdminClient metadata from {cfg.kafka_bootstrap}", lambda: _kafka_ready(cfg.kafka_bootstrap),
                120, log, alive=lambda: running(cfg, "kafka"))
+
+
+def kafka_cluster_id() -> str:
+    """A random cluster id as Kafka's Uuid.randomUuid makes them: 22 URL-safe base64 characters,
+    never starting with '-', which command-line parsers read as an option (1 in 64 ids did, and
+    `kafka-storage format -t -…` then failed)."""
+    import base64
+
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 # --------------------------------------------------------------------------- prometheus

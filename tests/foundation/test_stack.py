@@ -136,3 +136,15 @@ def test_foreground_ctrl_c_stops_everything(state_dir):
     assert proc.returncode == 0, "".join(lines) + rest
     time.sleep(0.5)
     assert _processes_mentioning(*markers) == []
+
+
+def test_kafka_cluster_id_never_reads_as_an_option(monkeypatch):
+    """An id starting with '-' made `kafka-storage format` fail (1 fresh broker in 64)."""
+    from devstack import stack
+
+    # 0xf8 encodes to '-' as the first base64 character; the next uuid is an ordinary one.
+    draws = iter([uuid.UUID(bytes=b"\xf8" + bytes(15)), uuid.UUID(bytes=b"\x10" * 16)])
+    monkeypatch.setattr(stack.uuid, "uuid4", lambda: next(draws))
+    cid = stack.kafka_cluster_id()
+    assert not cid.startswith("-")
+    assert len(cid) == 22 and cid == "EBAQEBAQEBAQEBAQEBAQEA"
