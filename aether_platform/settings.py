@@ -56,7 +56,8 @@ class Settings(BaseSettings):
     # A write blocked this long means the client reads slower than events arrive: disconnect it
     # (it resumes from its last id) rather than buffer for it or drop events.
     sse_send_timeout_seconds: float = Field(10.0, alias="AETHER_SSE_SEND_TIMEOUT_SECONDS")
-    # Upper bound on how long new events wait so that a thousand clients wake once per batch.
+    # Least time between two wake-ups of every client, at 1000 clients (less with fewer): bounds
+    # how often a thousand clients are woken, and so how long a new event can wait for one.
     sse_max_linger_ms: float = Field(50.0, alias="AETHER_SSE_MAX_LINGER_MS")
     sse_max_clients: int = Field(5000, alias="AETHER_SSE_MAX_CLIENTS")
     # Per-partition ring buffer of the shared consumer: resumes inside it cost no broker call.

@@ -1,6 +1,12 @@
 """One SSE client: an ASGI response that writes frames from the hub until the client leaves, is
 too slow, or the server shuts down.
 
+Delivery: while a client is in step and idle ("parked"), the hub writes its frames itself, from
+the one callback that publishes a batch (deliver); its task sleeps through it. Resuming a task
+per client per batch, through the whole ASGI stack, was most of the process's time at a
+thousand clients (measured: p50 174 ms → 54 ms). The task takes over whenever something is not
+ordinary: catching up, a blocked write, a disconnect, a keepalive.
+
 Slow clients: the per-client buffer is the transport's (uvicorn pauses writes at its high-water
 mark), so memory per client is bounded. A write that stays blocked for `send_timeout` (the hub's
 timer cancels it), or a
@@ -28,6 +34,45 @@ SSE_HEADERS = [
     # nginx and similar proxies buffer responses unless told not to; a buffered stream is a dead one.
     (b"x-accel-buffering", b"no"),
 ]
+
+
+def send_now(send, message):
+    """Run an ASGI `send` until it finishes or first blocks, outside any task. Returns None when
+    it finished (the usual case: uvicorn writes to the transport at once unless the client's
+    socket buffer is full), else an awaitable that finishes it. Lets the hub write to a thousand
+    parked clients from one callback instead of resuming a thousand tasks, each through the
+    whole ASGI middleware stack."""
+    coro = send(message)
+    try:
+        blocker = coro.send(None)
+    except StopIteration:
+        return None
+    return _Resume(coro, blocker)
+
+
+class _Resume:
+    """The rest of a send that send_now() started: hands the future the send waits on to the
+    awaiting task, as `await coro` would have, and passes cancellation through."""
+    __slots__ = ("coro", "blocker")
+
+    def __init__(self, coro, blocker):
+        self.coro, self.blocker = coro, blocker
+
+    def __await__(self):
+        coro, blocker = self.coro, self.blocker
+        while True:
+            try:
+                yield blocker
+            except BaseException as exc:  # noqa: BLE001 - thrown in by the task (cancellation)
+                step = coro.throw
+                arg = exc
+            else:
+                step = coro.send
+                arg = None
+            try:
+                blocker = step(arg)
+            except StopIteration as done:
+                return done.value
 
 
 class _Slow(Exception):
@@ -58,6 +103,11 @@ class SseSession(Response):
         self._last_write = 0.0
         self._writing_since: float | None = None
         self.too_slow = False
+        # True while the task waits in _idle with nothing to write: then, and only then, the hub
+        # may write for it (deliver), so two writers never interleave.
+        self.parked = False
+        self._pending: _Resume | None = None  # a write deliver() started that blocked
+        self._failed: BaseException | None = None
 
     async def __call__(self, scope, receive, send) -> None:
         self._send = send
@@ -111,6 +161,49 @@ class SseSession(Response):
         elif now - self._last_write >= self.keepalive:
             self.wake.set()
 
+    def deliver(self) -> None:
+        """Called by the hub when new records become visible. A parked client in step with the
+        hub gets its frames written right here; anything out of the ordinary (behind the ring, a
+        blocked write, a disconnect, still catching up) wakes the task to deal with it."""
+        hub = self.hub
+        if not self.parked or self.gone or hub.lagging(self.positions):
+            self.wake.set()
+            return
+        body, positions = hub.render(self.positions, self.flt)
+        if not body:
+            return
+        self.positions = positions
+        try:
+            rest = send_now(self._send, {"type": "http.response.body", "body": body, "more_body": True})
+        except Exception as exc:  # noqa: BLE001 - the task ends the stream with it
+            self._failed = exc
+            self.parked = False
+            self.wake.set()
+            return
+        if rest is None:
+            self._last_write = time.monotonic()
+            return
+        # The client's socket buffer is full: its task finishes the write, under the watchdog.
+        self._pending = rest
+        self._writing_since = time.monotonic()
+        self.parked = False
+        self.wake.set()
+
+    async def _finish_delivery(self) -> None:
+        if self._failed is not None:
+            exc, self._failed = self._failed, None
+            raise exc
+        rest, self._pending = self._pending, None
+        if rest is None:
+            return
+        try:
+            await rest
+        finally:
+            self._writing_since = None
+        if self.gone:
+            raise _Gone
+        self._last_write = time.monotonic()
+
     async def _write(self, body: bytes) -> None:
         if self.gone:
             raise _Gone
@@ -127,7 +220,12 @@ class SseSession(Response):
         """Wait for new records, a disconnect, shutdown or the hub's keepalive tick; write a
         keepalive comment when quiet long enough that proxies might drop the connection."""
         if time.monotonic() - self._last_write < self.keepalive:
-            await self.wake.wait()
+            self.parked = True
+            try:
+                await self.wake.wait()
+            finally:
+                self.parked = False
+            await self._finish_delivery()
             if time.monotonic() - self._last_write < self.keepalive:
                 return
         await self._write(frames.KEEPALIVE)
