@@ -21,6 +21,7 @@ import time
 import uuid
 
 import httpx
+import uvloop
 import orjson
 
 from bench._relay_setup import REPO, bench_database, bench_topic
@@ -133,9 +134,9 @@ def main() -> None:
             reader.start()
             reader.ready.wait(10)
             progress(f"warm-up, then {RATE} POST/s for {SECONDS}s")
-            asyncio.run(post_at_rate(url, tenant, 2))
+            uvloop.run(post_at_rate(url, tenant, 2))
             time.sleep(1)
-            due_of = asyncio.run(post_at_rate(url, tenant, SECONDS))
+            due_of = uvloop.run(post_at_rate(url, tenant, SECONDS))
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and not set(due_of) <= set(reader.arrivals):
                 time.sleep(0.2)
