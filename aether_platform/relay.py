@@ -140,8 +140,8 @@ class RelayConfig(BaseSettings):
     # but no longer than this, so that a missing successor cannot keep it alive for ever.
     handover_grace_seconds: float = Field(120.0, alias="AETHER_RELAY_HANDOVER_GRACE_SECONDS")
     linger_ms: int = Field(5, alias="AETHER_RELAY_LINGER_MS")
-    # Streaming mode claims again at once while batches come back non-empty, and polls at this
-    # interval while idle. Not LISTEN/NOTIFY: a NOTIFY takes a database-wide lock at commit and
+    # Streaming mode claims again at once while batches come back full; otherwise it claims at
+    # most once per this interval. Not LISTEN/NOTIFY: a NOTIFY takes a database-wide lock at commit and
     # serialized every writer's commit (migration 0005). An idle poll is one indexed claim.
     idle_poll_seconds: float = Field(0.01, alias="AETHER_RELAY_IDLE_POLL_SECONDS")
 
@@ -295,6 +295,7 @@ class Relay:
                 self._producer = Producer(cfg.producer_config())
                 last_beat = last_observe = last_retire_check = 0.0
                 while not self._stopping:
+                    cycle_started = time.monotonic()
                     claimed, outcome = self._cycle(conn)
                     now = time.monotonic()
                     if now - last_beat >= cfg.heartbeat_seconds:
@@ -317,8 +318,13 @@ class Relay:
                         if claimed == 0:
                             break
                         continue
-                    if not claimed:
-                        time.sleep(cfg.idle_poll_seconds)
+                    # A partial batch means the outbox is drained. Claiming again at once would
+                    # cost a transaction and a Kafka request per few events under a steady
+                    # trickle (~160 cycles/s at 500 events/s, measured); waiting out the poll
+                    # interval batches them, for at most that much latency.
+                    pause = cfg.idle_poll_seconds - (time.monotonic() - cycle_started)
+                    if pause > 0:
+                        time.sleep(pause)
             finally:
                 # An unfinished batch is rolled back, never marked: what it sent is re-sent later.
                 if not conn.broken:
