@@ -104,6 +104,16 @@ STATUS_SQL = """
         dead_lettered_total = s.dead_lettered_total + excluded.dead_lettered_total
 """
 
+# A relay's database session names its run, so that whoever can see pg_stat_activity (the
+# Dagster sensor) can tell a live relay run from one whose process died: the server ends a
+# session as soon as its client's socket closes, including after a kill -9.
+SESSION_PREFIX = "aether-relay:"
+
+LIVE_RUNS_SQL = """
+    SELECT substr(application_name, length(%s::text) + 1) FROM pg_stat_activity
+    WHERE datname = current_database() AND starts_with(application_name, %s::text)
+"""
+
 SUCCESSOR_WAITING_SQL = """
     SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database
                    WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database()
@@ -213,6 +223,14 @@ def has_eligible(conn: psycopg.Connection) -> bool:
     return conn.execute(f"SELECT EXISTS (SELECT 1 FROM outbox_events e WHERE {ELIGIBLE})").fetchone()[0]
 
 
+def live_relay_runs(conn: psycopg.Connection) -> set[str]:
+    """Run ids of the relays connected to this database, leading or waiting to lead. Sessions
+    of other roles are included only if this role may read their application_name (the same
+    role, a superuser, or pg_read_all_stats)."""
+    rows = conn.execute(LIVE_RUNS_SQL, (SESSION_PREFIX, SESSION_PREFIX)).fetchall()
+    return {r[0] for r in rows}
+
+
 def mark_published(conn: psycopg.Connection, acked: list[tuple[int, int, int]]) -> None:
     """Set published_at, partition and offset for (id, partition, offset) rows, in one statement."""
     # Array literals: psycopg's list dumper costs more than the UPDATE's planning.
@@ -288,7 +306,8 @@ class Relay:
 
     def _run_connected(self, started: float, lifetime_seconds: float | None) -> Totals:
         cfg = self.config
-        with psycopg.connect(libpq_url(cfg.dsn)) as conn:
+        session = (SESSION_PREFIX + (self.run_id or "standalone"))[:63]  # NAMEDATALEN - 1
+        with psycopg.connect(libpq_url(cfg.dsn), application_name=session) as conn:
             if not self._lead(conn):
                 return self.totals
             try:
@@ -471,9 +490,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=["batch", "streaming"], default="batch")
     p.add_argument("--lifetime", type=float, help="streaming: seconds before handing over")
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--run-id", help="names this relay in relay_status and pg_stat_activity (default: cli-<random>)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    relay = Relay(RelayConfig.from_env(batch_size=args.batch_size), mode=args.mode, run_id=f"cli-{uuid.uuid4().hex[:8]}")
+    relay = Relay(RelayConfig.from_env(batch_size=args.batch_size), mode=args.mode,
+                  run_id=args.run_id or f"cli-{uuid.uuid4().hex[:8]}")
     signal.signal(signal.SIGTERM, lambda *_: relay.stop())
     totals = relay.run(lifetime_seconds=args.lifetime)
     log.info("relay done: %s", totals)

@@ -1,5 +1,6 @@
 """The outbox domain: the CRM outbox table (observed), the relay that publishes it to Kafka (two
 jobs, one lane), the sensor that keeps exactly one relay going, the requeue job and the checks."""
+import json
 import os
 import time
 
@@ -137,19 +138,55 @@ def relay_decision(mode: str, active: list[dg.RunRecord], now: float, has_work, 
     return dg.RunRequest(job_name=relay_batch_job.name)
 
 
+def reap_dead_relays(context: dg.SensorEvaluationContext, active: list[dg.RunRecord], live: set[str],
+                     dead_after: float, now: float) -> list[dg.RunRecord]:
+    """Report relay runs whose worker died as failed, and return the runs still active.
+
+    Why: Dagster's code server fails a run whose worker dies, but if the code server dies with
+    it (both killed, a host restart) the run stays STARTED for ever: the default run launcher
+    cannot check a worker's health and run monitoring only times out STARTING runs, so the
+    sensor would skip "a relay is active" and nothing would be relayed again. A relay run
+    is alive while its database session is (relay.live_relay_runs); one missing for `dead_after`
+    seconds, across ticks (the cursor remembers since when), is dead. Reporting a live run by
+    mistake costs nothing but a successor that waits on the leader lock."""
+    missing_since = json.loads(context.cursor) if context.cursor else {}
+    still_missing, dead = {}, set()
+    for record in active:
+        run = record.dagster_run
+        if run.status != dg.DagsterRunStatus.STARTED or run.run_id in live:
+            continue
+        since = float(missing_since.get(run.run_id, now))
+        if now - since < dead_after:
+            still_missing[run.run_id] = since
+            continue
+        dead.add(run.run_id)
+        context.instance.report_run_failed(
+            run, message=f"relay run has had no database session for {now - since:.0f}s: its process is gone "
+                         "(killed or crashed); outbox_relay_sensor launches another")
+        context.log.warning(f"relay run {run.run_id} is dead (no database session for {now - since:.0f}s)")
+    context.update_cursor(json.dumps(still_missing) if still_missing else None)
+    return [r for r in active if r.dagster_run.run_id not in dead]
+
+
 @dg.sensor(jobs=[relay_streaming_job, relay_batch_job], minimum_interval_seconds=5,
            default_status=dg.DefaultSensorStatus.RUNNING,
            description="Keeps one outbox relay going: the streaming relay (AETHER_RELAY_MODE=streaming, the "
                        "default) relaunched with a handover as each run reaches its lifetime, or batch runs "
                        "whenever a pending event is due. Never launches a relay while one is queued or running, "
-                       "except the one successor of a retiring streaming run.")
+                       "except the one successor of a retiring streaming run. A run whose process died (no "
+                       "database session for AETHER_RELAY_DEAD_AFTER_SECONDS, default 30) is reported failed "
+                       "and replaced.")
 def outbox_relay_sensor(context: dg.SensorEvaluationContext, crm_db: CrmDatabase):
     mode = os.environ.get("AETHER_RELAY_MODE", "streaming")
     if mode not in ("streaming", "batch"):
         raise ValueError(f"AETHER_RELAY_MODE must be streaming or batch, not {mode!r}")
-    active = context.instance.get_run_records(dg.RunsFilter(tags={LANE_TAG: LANE}, statuses=ACTIVE))
+    active = list(context.instance.get_run_records(dg.RunsFilter(tags={LANE_TAG: LANE}, statuses=ACTIVE)))
+    now = time.time()
+    if any(r.dagster_run.status == dg.DagsterRunStatus.STARTED for r in active) or context.cursor:
+        active = reap_dead_relays(context, active, core.live_relay_runs(crm_db.shared_connection()),
+                                  float(os.environ.get("AETHER_RELAY_DEAD_AFTER_SECONDS", "30")), now)
     return relay_decision(
-        mode, list(active), time.time(), lambda: core.has_eligible(crm_db.shared_connection()),
+        mode, active, now, lambda: core.has_eligible(crm_db.shared_connection()),
         lifetime=float(os.environ.get("AETHER_RELAY_LIFETIME_SECONDS", "3600")),
         handover_lead=float(os.environ.get("AETHER_RELAY_HANDOVER_LEAD_SECONDS", "60")))
 

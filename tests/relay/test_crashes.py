@@ -10,6 +10,7 @@ from collections import Counter
 
 import pytest
 
+from aether_platform.relay import live_relay_runs
 from aether_platform.topics import TopicSpec, ensure_topic
 from tests.relay.conftest import assert_per_key_order, consume, relay_process, write_events
 
@@ -32,12 +33,16 @@ def test_kill_9_mid_batch_loses_nothing(outbox_db, platform_env, tenant, kafka_b
     events = write_events(outbox_db, tenant, [uuid.uuid4() for _ in range(300)], per_key=100)
     env = {**platform_env, "AETHER_RELAY_BATCH_SIZE": "200"}
 
-    first = relay_process(env, "--mode", "batch", log=tmp_path / "relay-1.log")
+    run_id = f"kill-9-{uuid.uuid4().hex[:8]}"
+    first = relay_process(env, "--mode", "batch", "--run-id", run_id, log=tmp_path / "relay-1.log")
     _wait("the first published batches", lambda: _published(outbox_db) >= 2000, 60, first)
+    # The relay's session names its run: how the Dagster sensor tells a live relay from a dead one.
+    assert run_id in live_relay_runs(outbox_db)
     first.send_signal(signal.SIGKILL)
     first.wait(10)
     at_kill = _published(outbox_db)
     assert at_kill < len(events), "the relay finished before the kill; the test proves nothing"
+    _wait("the killed relay's session to end", lambda: run_id not in live_relay_runs(outbox_db), 10)
 
     second = relay_process(env, "--mode", "batch", log=tmp_path / "relay-2.log")
     assert second.wait(120) == 0, (tmp_path / "relay-2.log").read_text()

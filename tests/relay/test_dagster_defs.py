@@ -3,17 +3,21 @@ sensor never double-launches, the relay and requeue jobs run, the topic asset pr
 check reports drift, and key expiry deletes only expired keys."""
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
 import dagster as dg
+import psycopg
 import pytest
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 from dagster._core.remote_origin import InProcessCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from dagster._core.utils import make_new_run_id
 
+from aether_platform import relay as relay_core
 from aether_platform.dagster_defs import kafka_topic, outbox
+from aether_platform.db_url import libpq_url
 from aether_platform.dagster_defs.resources import CrmDatabase
 from aether_platform.key_expiry import expire_keys
 from aether_platform.settings import get_settings
@@ -59,6 +63,12 @@ def _tick(instance, database_url):
     return outbox.outbox_relay_sensor(ctx)
 
 
+def _tick_with_cursor(instance, database_url, cursor: str | None):
+    ctx = dg.build_sensor_context(instance=instance, cursor=cursor,
+                                  resources={"crm_db": CrmDatabase(dsn=database_url)})
+    return outbox.outbox_relay_sensor(ctx), ctx.cursor
+
+
 @pytest.mark.parametrize("status", [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
                                     dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
                                     dg.DagsterRunStatus.CANCELING])
@@ -73,6 +83,31 @@ def test_streaming_sensor_never_double_launches(database_url, outbox_db, monkeyp
             assert isinstance(_tick(instance, database_url), dg.SkipReason)
         instance.report_run_failed(run)
         assert isinstance(_tick(instance, database_url), dg.RunRequest), "an ended streaming run is relaunched"
+
+
+def test_a_relay_run_whose_process_died_is_reported_failed_and_replaced(database_url, outbox_db, monkeypatch):
+    """A killed run worker leaves its run STARTED for ever (the default launcher cannot check
+    worker health): without this, the sensor would skip "a relay is active" indefinitely."""
+    monkeypatch.setenv("AETHER_RELAY_MODE", "streaming")
+    monkeypatch.setenv("AETHER_RELAY_DEAD_AFTER_SECONDS", "30")
+    with dg.instance_for_test() as instance:
+        run = _add_run(instance, _tick(instance, database_url), dg.DagsterRunStatus.STARTED)
+        long_ago = json.dumps({run.run_id: time.time() - 60})
+        # Alive: its database session carries the run id, however long ago it was last missed.
+        with psycopg.connect(libpq_url(database_url), application_name=relay_core.SESSION_PREFIX + run.run_id):
+            result, cursor = _tick_with_cursor(instance, database_url, long_ago)
+            assert isinstance(result, dg.SkipReason) and cursor is None
+        # Gone: first noticed (and remembered in the cursor), not yet judged.
+        result, cursor = _tick_with_cursor(instance, database_url, None)
+        assert isinstance(result, dg.SkipReason) and run.run_id in json.loads(cursor)
+        result, _ = _tick_with_cursor(instance, database_url, cursor)
+        assert isinstance(result, dg.SkipReason)
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
+        # Gone for longer than the limit: reported failed, and a new relay is requested.
+        result, cursor = _tick_with_cursor(instance, database_url, json.dumps({run.run_id: time.time() - 31}))
+        assert isinstance(result, dg.RunRequest) and result.job_name == "outbox_relay_streaming"
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert cursor is None
 
 
 def test_streaming_handover_gets_exactly_one_successor(database_url, outbox_db, monkeypatch):
