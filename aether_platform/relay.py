@@ -110,8 +110,8 @@ STATUS_SQL = """
 SESSION_PREFIX = "aether-relay:"
 
 LIVE_RUNS_SQL = """
-    SELECT substr(application_name, length(%s::text) + 1) FROM pg_stat_activity
-    WHERE datname = current_database() AND starts_with(application_name, %s::text)
+    SELECT substr(application_name, length(%(prefix)s::text) + 1) FROM pg_stat_activity
+    WHERE datname = current_database() AND starts_with(application_name, %(prefix)s::text)
 """
 
 SUCCESSOR_WAITING_SQL = """
@@ -227,7 +227,7 @@ def live_relay_runs(conn: psycopg.Connection) -> set[str]:
     """Run ids of the relays connected to this database, leading or waiting to lead. Sessions
     of other roles are included only if this role may read their application_name (the same
     role, a superuser, or pg_read_all_stats)."""
-    rows = conn.execute(LIVE_RUNS_SQL, (SESSION_PREFIX, SESSION_PREFIX)).fetchall()
+    rows = conn.execute(LIVE_RUNS_SQL, {"prefix": SESSION_PREFIX}).fetchall()
     return {r[0] for r in rows}
 
 

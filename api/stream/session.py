@@ -194,22 +194,19 @@ class SseSession(Response):
             exc, self._failed = self._failed, None
             raise exc
         rest, self._pending = self._pending, None
-        if rest is None:
-            return
-        try:
-            await rest
-        finally:
-            self._writing_since = None
-        if self.gone:
-            raise _Gone
-        self._last_write = time.monotonic()
+        if rest is not None:
+            await self._complete(rest)  # _writing_since was set when deliver() began the write
 
     async def _write(self, body: bytes) -> None:
         if self.gone:
             raise _Gone
         self._writing_since = time.monotonic()
+        await self._complete(self._send({"type": "http.response.body", "body": body, "more_body": True}))
+
+    async def _complete(self, write) -> None:
+        """Await a write that began at _writing_since (the watchdog's reference), then record it."""
         try:
-            await self._send({"type": "http.response.body", "body": body, "more_body": True})
+            await write
         finally:
             self._writing_since = None
         if self.gone:

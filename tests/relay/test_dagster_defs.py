@@ -58,15 +58,15 @@ def _add_run(instance, request: dg.RunRequest, status: dg.DagsterRunStatus) -> d
     return run
 
 
-def _tick(instance, database_url):
-    ctx = dg.build_sensor_context(instance=instance, resources={"crm_db": CrmDatabase(dsn=database_url)})
-    return outbox.outbox_relay_sensor(ctx)
-
-
-def _tick_with_cursor(instance, database_url, cursor: str | None):
+def _tick_with_cursor(instance, database_url, cursor: str | None = None):
+    """One sensor evaluation: its result and the cursor it leaves for the next tick."""
     ctx = dg.build_sensor_context(instance=instance, cursor=cursor,
                                   resources={"crm_db": CrmDatabase(dsn=database_url)})
     return outbox.outbox_relay_sensor(ctx), ctx.cursor
+
+
+def _tick(instance, database_url):
+    return _tick_with_cursor(instance, database_url)[0]
 
 
 @pytest.mark.parametrize("status", [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
