@@ -4,8 +4,9 @@ Dagster jobs in aether_platform.dagster_defs only run it.
 Guarantees:
 - At least once. A batch is claimed with SELECT … FOR UPDATE SKIP LOCKED, produced, and marked
   published in that same transaction only after Kafka acknowledged every record (acks=all,
-  idempotent producer). A kill at any moment rolls the claim back; the only duplicate is a
-  batch acknowledged but not yet committed, re-sent with the same event ids.
+  idempotent producer). A kill at any moment rolls the claim back; the only duplicates are a
+  batch acknowledged but not yet committed and, after a database crash, marks committed but not
+  yet flushed (SESSION_OPTIONS), both re-sent with the same event ids.
 - Per-key order. One leader at a time, elected with a session advisory lock held on the claim
   connection itself (if that connection dies, leadership and claim die together). A successor
   blocks on the lock, so a handover has no gap. The claim takes rows in id order and skips a row
@@ -103,6 +104,11 @@ STATUS_SQL = """
         failures_total = s.failures_total + excluded.failures_total,
         dead_lettered_total = s.dead_lettered_total + excluded.dead_lettered_total
 """
+
+# synchronous_commit=off: a mark need not wait for its WAL flush. A database crash can forget the
+# last few hundred milliseconds of marks; those events are sent again with the same ids (at least
+# once), never lost, because the writer committed the events themselves durably.
+SESSION_OPTIONS = "-c synchronous_commit=off"
 
 # A relay's database session names its run, so that whoever can see pg_stat_activity (the
 # Dagster sensor) can tell a live relay run from one whose process died: the server ends a
@@ -307,7 +313,7 @@ class Relay:
     def _run_connected(self, started: float, lifetime_seconds: float | None) -> Totals:
         cfg = self.config
         session = (SESSION_PREFIX + (self.run_id or "standalone"))[:63]  # NAMEDATALEN - 1
-        with psycopg.connect(libpq_url(cfg.dsn), application_name=session) as conn:
+        with psycopg.connect(libpq_url(cfg.dsn), application_name=session, options=SESSION_OPTIONS) as conn:
             if not self._lead(conn):
                 return self.totals
             try:
@@ -386,7 +392,12 @@ class Relay:
             return 0, _Outcome()
         outcome = self._publish(rows)
         dead = 0
-        if outcome.published:
+        if outcome.published and not (outcome.permanent or outcome.transient):
+            # The common case in one round trip: mark and commit, pipelined.
+            with conn.pipeline():
+                mark_published(conn, outcome.published)
+                conn.commit()
+        elif outcome.published:
             mark_published(conn, outcome.published)
         if outcome.permanent:
             ids, errs = zip(*outcome.permanent)
@@ -397,7 +408,8 @@ class Relay:
         if outcome.transient:
             ids, errs = zip(*outcome.transient)
             conn.execute(MARK_TRANSIENT_SQL, (self._transient_delay(), list(ids), list(errs)))
-        conn.commit()
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.commit()
         failures = len(outcome.permanent) + len(outcome.transient)
         batch = Totals(published=len(outcome.published), attempts=len(rows) - outcome.held_back,
                        failures=failures, dead_lettered=dead, batches=1)

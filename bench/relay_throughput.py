@@ -58,8 +58,9 @@ def claim_and_mark(dsn: str, batch_size: int) -> int:
             if not rows:
                 conn.commit()
                 return done
-            mark_published(conn, [(r[0], 0, r[0]) for r in rows])
-            conn.commit()
+            with conn.pipeline():
+                mark_published(conn, [(r[0], 0, r[0]) for r in rows])
+                conn.commit()
             done += len(rows)
 
 
