@@ -159,7 +159,11 @@ class RelayConfig(BaseSettings):
     # Streaming mode claims again at once while batches come back full; otherwise it claims at
     # most once per this interval. Not LISTEN/NOTIFY: a NOTIFY takes a database-wide lock at commit and
     # serialized every writer's commit (migration 0005). An idle poll is one indexed claim.
-    idle_poll_seconds: float = Field(0.01, alias="AETHER_RELAY_IDLE_POLL_SECONDS")
+    # Each cycle costs about 3 ms of CPU across the relay, its database session and the broker
+    # (a produce request, and a fetch for every consumer). Measured at 500 events/s: 0.44 cores
+    # at 10 ms, 0.25 at 20 ms, for 5 ms more commit-to-ack latency (p50 14.8 ms, p99 25.9 ms).
+    # On a 2-core box running the whole platform those 0.19 cores decided whether the API kept up.
+    idle_poll_seconds: float = Field(0.02, alias="AETHER_RELAY_IDLE_POLL_SECONDS")
 
     @classmethod
     def from_env(cls, **overrides) -> "RelayConfig":

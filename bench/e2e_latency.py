@@ -157,7 +157,7 @@ def main() -> None:
          ],
          notes=f"{len(due_of)} jobs created at {RATE}/s for {SECONDS}s; API with {stack.default_api_workers()} uvicorn "
                "workers; one streaming "
-               "relay (claims at most every 10 ms); one SSE client filtered to the bench tenant.")
+               "relay (claims at most every 20 ms); one SSE client filtered to the bench tenant.")
 
 
 if __name__ == "__main__":

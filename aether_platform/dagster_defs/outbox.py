@@ -77,7 +77,7 @@ class RelayRunConfig(dg.Config):
     kinds={"python"},
     description="The outbox relay: claims pending outbox rows in id order, produces them to the CRM events topic "
                 "(idempotent, acks=all) and marks them published once acknowledged. Streaming mode lives for "
-                "lifetime_seconds, claiming at most every 10 ms unless a batch comes back full; batch mode drains and exits. A materialization "
+                "lifetime_seconds, claiming at most every 20 ms unless a batch comes back full; batch mode drains and exits. A materialization "
                 "summarises one run; progress is observed on crm/outbox_events while it runs.",
 )
 def outbox_relay(context: dg.AssetExecutionContext, config: RelayRunConfig, crm_db: CrmDatabase,

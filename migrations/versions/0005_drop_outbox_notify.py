@@ -7,7 +7,7 @@ commit one after another instead of sharing WAL flushes. Measured on the endpoin
 500 writes/s the queue behind that lock (pg_stat_activity: 30-45 backends in `Lock:object`)
 stalled requests for up to half a second whenever one WAL flush was slow.
 
-A streaming relay now polls while idle (AETHER_RELAY_IDLE_POLL_SECONDS, 10 ms by default),
+A streaming relay now polls while idle (every AETHER_RELAY_IDLE_POLL_SECONDS),
 which costs the database a few hundred microseconds per poll and no lock at all.
 
 Revision ID: 0005
