@@ -395,25 +395,21 @@ class Relay:
             conn.commit()
             return 0, _Outcome()
         outcome = self._publish(rows)
-        dead = 0
-        if outcome.published and not (outcome.permanent or outcome.transient):
-            # The common case in one round trip: mark and commit, pipelined.
-            with conn.pipeline():
+        permanent = None
+        # Every mark and the commit in one round trip.
+        with conn.pipeline():
+            if outcome.published:
                 mark_published(conn, outcome.published)
-                conn.commit()
-        elif outcome.published:
-            mark_published(conn, outcome.published)
-        if outcome.permanent:
-            ids, errs = zip(*outcome.permanent)
-            cur = conn.execute(MARK_PERMANENT_SQL, {
-                "ids": list(ids), "errs": list(errs), "max": cfg.max_retries,
-                "base": cfg.retry_backoff_seconds, "cap": cfg.retry_backoff_cap_seconds})
-            dead = sum(1 for (d,) in cur.fetchall() if d)
-        if outcome.transient:
-            ids, errs = zip(*outcome.transient)
-            conn.execute(MARK_TRANSIENT_SQL, (self._transient_delay(), list(ids), list(errs)))
-        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            if outcome.permanent:
+                ids, errs = zip(*outcome.permanent)
+                permanent = conn.execute(MARK_PERMANENT_SQL, {
+                    "ids": list(ids), "errs": list(errs), "max": cfg.max_retries,
+                    "base": cfg.retry_backoff_seconds, "cap": cfg.retry_backoff_cap_seconds})
+            if outcome.transient:
+                ids, errs = zip(*outcome.transient)
+                conn.execute(MARK_TRANSIENT_SQL, (self._transient_delay(), list(ids), list(errs)))
             conn.commit()
+        dead = sum(1 for (d,) in permanent.fetchall() if d) if permanent is not None else 0
         failures = len(outcome.permanent) + len(outcome.transient)
         batch = Totals(published=len(outcome.published), attempts=len(rows) - outcome.held_back,
                        failures=failures, dead_lettered=dead, batches=1)
