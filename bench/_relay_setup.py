@@ -66,7 +66,7 @@ def warm_up_broker(bootstrap: str, topic: str, seconds: float) -> int:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-warm-up-{uuid.uuid4().hex[:8]}",
                          "enable.auto.commit": False, "fetch.wait.max.ms": 50,
                          "logger": silent_logger("aether.bench.warmup")})
-    partitions = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=10).topics[topic].partitions
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, -1) for p in partitions])  # -1: from the end
     requests = 0
     deadline = time.monotonic() + seconds

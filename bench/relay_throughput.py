@@ -13,7 +13,7 @@ import uuid
 import psycopg
 
 from aether_platform.db_url import libpq_url
-from aether_platform.relay import CLAIM_SQL, Relay, RelayConfig, mark_published
+from aether_platform.relay import CLAIM_SQL, SESSION_OPTIONS, Relay, RelayConfig, mark_published
 from aether_platform.settings import get_settings
 from bench._relay_setup import bench_database, bench_topic
 from bench.report import Figure, emit, progress
@@ -50,9 +50,10 @@ def reset(dsn: str) -> None:
 
 
 def claim_and_mark(dsn: str, batch_size: int) -> int:
-    """The database ceiling: the relay's claim and mark statements, with no Kafka in between."""
+    """The database ceiling: the relay's claim and mark statements, on a session set up as the
+    relay's, with no Kafka in between."""
     done = 0
-    with psycopg.connect(libpq_url(dsn)) as conn:
+    with psycopg.connect(libpq_url(dsn), options=SESSION_OPTIONS) as conn:
         while True:
             rows = conn.execute(CLAIM_SQL, (batch_size,)).fetchall()
             if not rows:
