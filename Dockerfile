@@ -47,5 +47,6 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import sys, urllib.request, urllib.error\ntry:\n    urllib.request.urlopen('http://127.0.0.1:8080/', timeout=4)\nexcept urllib.error.HTTPError:\n    pass\nexcept Exception:\n    sys.exit(1)"]
 ENTRYPOINT ["/usr/local/bin/aether-entrypoint"]
 # uvicorn takes its worker count from WEB_CONCURRENCY.
-CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8080", "--loop", "uvloop", "--http", "httptools", \
+CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8080", "--loop", "uvloop", \
+     "--http", "api.http_protocol:HttpToolsProtocol", \
      "--no-access-log", "--timeout-graceful-shutdown", "5"]

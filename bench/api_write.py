@@ -5,7 +5,8 @@
    the claim), prepared as psycopg prepares it, with 50 clients: the transactions/s this
    machine's PostgreSQL can do for this write.
 2. Throughput: wrk, 50 connections, unique Idempotency-Keys, against the API served as in
-   production (uvicorn, one worker per core less one for PostgreSQL, uvloop, httptools).
+   production (uvicorn, one worker per core less one for PostgreSQL, uvloop, httptools with the
+   head-and-body coalescing of api.http_protocol).
    Ratio = API req/s / ceiling.
 3. Latency at a steady 500 req/s, after settling the database (VACUUM ANALYZE, CHECKPOINT)
    from the saturation phase: an open-loop client that sends on a fixed schedule and times
@@ -30,6 +31,7 @@ import uvloop
 import psycopg
 
 from aether_platform.db_url import libpq_url, with_database
+from api.http_protocol import UVICORN_HTTP
 from bench.report import Figure, emit, progress
 from devstack import stack
 
@@ -112,10 +114,10 @@ def settle(url: str) -> None:
 
 def start_api(url: str, port: int) -> subprocess.Popen:
     # The per-tenant write limit is off: this measures the API's capacity, not the limiter.
-    env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(REPO), "AETHER_DB_POOL_MAX": "30",
+    env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(REPO), "AETHER_DB_POOL_MAX": os.environ.get("XPOOL", "30"),
            "AETHER_WRITE_RATE_PER_TENANT": "0"}
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", str(WORKERS), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+                             "--workers", str(WORKERS), "--loop", "uvloop", "--http", UVICORN_HTTP, "--no-access-log",
                              "--log-level", "warning"], cwd=REPO, env=env, start_new_session=True)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -185,7 +187,7 @@ def main() -> None:
     progress(f"database ceiling: pgbench, {CLIENTS} clients, {SECONDS}s, the endpoint's statements")
     ceiling = pgbench_ceiling(ceiling_db)
     port = free_port()
-    progress(f"starting the API: uvicorn, {WORKERS} workers, uvloop + httptools, on :{port}")
+    progress(f"starting the API: uvicorn, {WORKERS} workers, uvloop + httptools (api.http_protocol), on :{port}")
     api = start_api(api_db, port)
     try:
         progress("warm-up, 3s")
