@@ -7,6 +7,7 @@ which lets the idempotency claim and the inserts share one statement and one rou
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 
@@ -17,6 +18,11 @@ class Insert:
     params: tuple
     # One SQL expression per column; "%s" unless a cast is needed (e.g. "%s::jsonb").
     placeholders: tuple[str, ...] | None = None
+
+    @property
+    def shape(self) -> tuple:
+        """Everything the SQL text depends on (not the values)."""
+        return self.table, self.columns, self.placeholders
 
     def sql(self, guard: str | None = None) -> str:
         values = ", ".join(self.placeholders or ("%s",) * len(self.columns))
@@ -33,9 +39,19 @@ def fold(inserts: list[Insert], guard: str | None = None, head: tuple[str, tuple
     query; without one the last insert is it. Placeholders keep their order, so params concatenate.
     """
     head_sql, head_params = head
+    params = tuple(head_params)
+    for ins in inserts:
+        params += ins.params
+    return _folded_sql(tuple(ins.shape for ins in inserts), guard, head_sql, tail), params
+
+
+@functools.lru_cache(maxsize=256)
+def _folded_sql(shapes: tuple, guard: str | None, head_sql: str, tail: str | None) -> str:
+    # A write's text depends only on the shape of its inserts, of which there are a handful; built
+    # once, it is also the same string object every time, which psycopg's own caches hash for free.
+    inserts = [Insert(table, columns, (), placeholders) for table, columns, placeholders in shapes]
     ctes = [head_sql] if head_sql else []
     body = inserts if tail is not None else inserts[:-1]
     ctes += [f"w{i} AS ({ins.sql(guard)})" for i, ins in enumerate(body)]
     last = tail if tail is not None else inserts[-1].sql(guard)
-    sql = f"WITH {', '.join(ctes)} {last}" if ctes else last
-    return sql, (*head_params, *(p for ins in inserts for p in ins.params))
+    return f"WITH {', '.join(ctes)} {last}" if ctes else last

@@ -25,9 +25,9 @@ HTTP_LATENCY = Histogram("aether_http_request_duration_seconds", "HTTP request l
 OUTBOX_WRITE_SECONDS = Histogram("aether_outbox_write_duration_seconds",
                                  "Time to commit a write with its outbox event, by aggregate", ["aggregate"],
                                  buckets=LATENCY_BUCKETS)
-# Series exist from the start, so an idle API reports zero writes instead of an absent metric.
-for _aggregate in ("account", "contact", "job"):
-    OUTBOX_WRITE_SECONDS.labels(_aggregate)
+# Series exist from the start, so an idle API reports zero writes instead of an absent metric;
+# kept by aggregate, so that a write does not go through labels() (a lock and a key) each time.
+OUTBOX_WRITE_BY_AGGREGATE = {a: OUTBOX_WRITE_SECONDS.labels(a) for a in ("account", "contact", "job")}
 IDEMPOTENCY_REPLAYS = Counter("aether_idempotency_replays_total", "Responses replayed for a reused Idempotency-Key")
 IDEMPOTENCY_CONFLICTS = Counter("aether_idempotency_conflicts_total",
                                 "Idempotency-Key conflicts: in_flight (409) or mismatch (422)", ["reason"])
@@ -53,6 +53,9 @@ class MetricsMiddleware:
 
     def __init__(self, app):
         self.app = app
+        # labels() takes a lock and builds its key on every call; the set of (route, method,
+        # status) is small and fixed by the routes, so each pair of series is looked up once.
+        self._series: dict[tuple[str, str, int], tuple] = {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -71,8 +74,13 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            HTTP_REQUESTS.labels(template, scope["method"], str(status)).inc()
-            HTTP_LATENCY.labels(template, scope["method"]).observe(time.perf_counter() - start)
+            key = (template, scope["method"], status)
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = (HTTP_REQUESTS.labels(template, key[1], str(status)),
+                                              HTTP_LATENCY.labels(template, key[1]))
+            series[0].inc()
+            series[1].observe(time.perf_counter() - start)
 
 
 def install(app: FastAPI) -> None:

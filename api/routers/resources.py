@@ -17,7 +17,7 @@ from aether_platform import crm, idempotency
 from aether_platform.idempotency import IdempotentRequest, Verdict
 from api import schemas
 from api.deps import idempotency_key, tenant_id, traceparent
-from api.metrics import IDEMPOTENCY_CONFLICTS, IDEMPOTENCY_REPLAYS, OUTBOX_WRITE_SECONDS
+from api.metrics import IDEMPOTENCY_CONFLICTS, IDEMPOTENCY_REPLAYS, OUTBOX_WRITE_BY_AGGREGATE
 from api.problems import Problem, problem_response
 
 PROBLEM = {"model": schemas.ProblemOut, "content": {"application/problem+json": {}}}
@@ -51,7 +51,7 @@ async def perform_write(state, method: str, path: str, tenant: uuid.UUID, key: s
     except crm.DomainError as exc:
         return problem_response(exc.status, exc.title, exc.detail, instance=path)
     if result.verdict is Verdict.EXECUTE:
-        OUTBOX_WRITE_SECONDS.labels(aggregate).observe(result.seconds)
+        OUTBOX_WRITE_BY_AGGREGATE[aggregate].observe(result.seconds)
         return Response(result.body, status_code=result.status_code, headers=result.headers)
     if result.verdict is Verdict.REPLAY:
         IDEMPOTENCY_REPLAYS.inc()
