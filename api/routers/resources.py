@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from aether_platform import crm, idempotency
 from aether_platform.idempotency import IdempotentRequest, Verdict
 from api import schemas
+from api.db import checkout
 from api.deps import idempotency_key, tenant_id, traceparent
 from api.metrics import IDEMPOTENCY_CONFLICTS, IDEMPOTENCY_REPLAYS, OUTBOX_WRITE_BY_AGGREGATE
 from api.problems import Problem, problem_response
@@ -46,7 +47,7 @@ async def perform_write(state, method: str, path: str, tenant: uuid.UUID, key: s
         fingerprint=idempotency.fingerprint(method, path, body),
         ttl=timedelta(seconds=state.settings.idempotency_ttl_seconds))
     try:
-        async with state.pool.connection() as conn:
+        async with checkout(state.pool) as conn:
             result = await crm.write(conn, req, command, status_code, location)
     except crm.DomainError as exc:
         return problem_response(exc.status, exc.title, exc.detail, instance=path)
@@ -115,7 +116,7 @@ def resource_router(spec: crm.AggregateSpec, plural: str, create_model: type[Bas
     @router.get("/{item_id}", summary=f"Read a {noun}", response_model=out_model, responses=READ_ERRORS,
                 operation_id=f"get_{noun}")
     async def read(item_id: uuid.UUID, request: Request, tenant: Tenant):
-        async with request.app.state.pool.connection() as conn:
+        async with checkout(request.app.state.pool) as conn:
             try:
                 resource = await crm.get(conn, spec, tenant, item_id)
             except crm.DomainError as exc:
@@ -136,7 +137,7 @@ def resource_router(spec: crm.AggregateSpec, plural: str, create_model: type[Bas
             filters["status"] = status
         if accountId is not None and "account_id" in filter_params:
             filters["account_id"] = accountId
-        async with request.app.state.pool.connection() as conn:
+        async with checkout(request.app.state.pool) as conn:
             try:
                 items, next_cursor = await crm.list_page(conn, spec, tenant, filters, limit, cursor)
             except crm.DomainError as exc:
