@@ -5,10 +5,24 @@ from __future__ import annotations
 import time
 
 import httpx
+import pytest
 
 from aether_platform.stream_cursor import decode
+from tests.conftest import ApiServer
 from tests.stream.conftest import wait_until
 from tests.stream.sse_client import SseClient
+
+
+@pytest.fixture(scope="module")
+def roomy_api(stream_env, tmp_path_factory):
+    """The slow-client test's server. Its ring holds more than the test's burst, so only the
+    stalled client can be left behind; with the suite's 300-event ring the healthy client, a
+    Python thread parsing 10 MB, could itself fall off the ring on a loaded CI machine and be cut
+    as lagging (seen once). The send timeout is longer for the same reason."""
+    server = ApiServer({**stream_env, "AETHER_SSE_RING_EVENTS": "2000", "AETHER_SSE_SEND_TIMEOUT_SECONDS": "4"},
+                       tmp_path_factory.mktemp("roomy-api")).start()
+    yield server
+    server.stop()
 
 
 def _pin(api, query="") -> str:
@@ -48,7 +62,8 @@ def test_old_cursor_catches_up_then_reset_announces_retention_gap(stream_api, ev
         assert [e["value"]["Title"] for e in c.events()] == [f"old{i}" for i in range(350, 400)]
 
 
-def test_slow_client_is_disconnected_and_resumes_losslessly(stream_api, events, tenant):
+def test_slow_client_is_disconnected_and_resumes_losslessly(roomy_api, events, tenant):
+    stream_api = roomy_api
     slow = SseClient(f"{stream_api.url}/crm-events?tenant={tenant}", rcvbuf=4096, read=False)
     healthy = SseClient(f"{stream_api.url}/crm-events?tenant={tenant}")
     try:
@@ -61,6 +76,7 @@ def test_slow_client_is_disconnected_and_resumes_losslessly(stream_api, events, 
         events.flush()
         # the healthy client is not held back by the stalled one
         healthy.wait(lambda c: len(c.events()) == n, timeout=60, what="all events at the healthy client")
+        assert not healthy.eof, "the healthy client was cut"
         wait_until(lambda: _health(stream_api)["slow_disconnects"] > before, timeout=30,
                    what="the server to drop the stalled client")
         slow.start_reading()
