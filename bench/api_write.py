@@ -114,7 +114,7 @@ def settle(url: str) -> None:
 
 def start_api(url: str, port: int) -> subprocess.Popen:
     # The per-tenant write limit is off: this measures the API's capacity, not the limiter.
-    env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(REPO), "AETHER_DB_POOL_MAX": os.environ.get("XPOOL", "30"),
+    env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(REPO), "AETHER_DB_POOL_MAX": "30",
            "AETHER_WRITE_RATE_PER_TENANT": "0"}
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port),
                              "--workers", str(WORKERS), "--loop", "uvloop", "--http", UVICORN_HTTP, "--no-access-log",
