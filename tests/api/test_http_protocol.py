@@ -150,18 +150,31 @@ class _FakeTransport:
         return self.closing
 
 
-def _wrapped():
+@pytest.fixture
+def wrapped():
+    """(loop, recording transport, wrapper); the loop is closed after the test."""
     loop = asyncio.new_event_loop()
     fake = _FakeTransport()
-    return loop, fake, HeadHoldingTransport(fake, loop)
+    yield loop, fake, HeadHoldingTransport(fake, loop)
+    loop.close()
+
+
+@pytest.fixture
+def holding(wrapped):
+    """The same, with a response head already held."""
+    loop, fake, t = wrapped
+    t.hold_next_write()
+    t.write(b"HEAD")
+    assert fake.log == []
+    return wrapped
 
 
 def _one_turn(loop):
     loop.run_until_complete(asyncio.sleep(0))
 
 
-def test_only_an_armed_write_is_held_and_it_leaves_with_the_next_one():
-    loop, fake, t = _wrapped()
+def test_only_an_armed_write_is_held_and_it_leaves_with_the_next_one(wrapped):
+    loop, fake, t = wrapped
     t.write(b"unarmed")
     assert fake.log == [("write", b"unarmed")]
     t.hold_next_write()
@@ -172,53 +185,42 @@ def test_only_an_armed_write_is_held_and_it_leaves_with_the_next_one():
     assert fake.log[1:] == [("write", b"HEADBODY"), ("write", b"MORE")]
     _one_turn(loop)
     assert len(fake.log) == 3  # the scheduled flush found nothing left
-    loop.close()
 
 
-def test_a_held_head_leaves_at_the_end_of_the_turn():
-    loop, fake, t = _wrapped()
-    t.hold_next_write()
-    t.write(b"HEAD")
+def test_a_held_head_leaves_at_the_end_of_the_turn(holding):
+    loop, fake, t = holding
     _one_turn(loop)
     assert fake.log == [("write", b"HEAD")]
-    loop.close()
 
 
-def test_whoever_writes_or_closes_next_goes_after_the_held_head():
-    # e.g. uvicorn answering 400 to a bad pipelined request, or closing a keep-alive connection
-    # at shutdown, on the protocol's side rather than the request cycle's
-    loop, fake, t = _wrapped()
-    t.hold_next_write()
-    t.write(b"HEAD")
+def test_whoever_writes_next_goes_after_the_held_head(holding):
+    # e.g. uvicorn answering 400 to a bad pipelined request, on the protocol's side rather than
+    # the request cycle's
+    loop, fake, t = holding
     t.write(b"HTTP/1.1 400 Bad Request")
     t.close()
     assert fake.log == [("write", b"HEADHTTP/1.1 400 Bad Request"), ("close",)]
-    loop, fake, t = _wrapped()
-    t.hold_next_write()
-    t.write(b"HEAD")
+
+
+def test_a_close_sends_the_held_head_first(holding):
+    # e.g. uvicorn closing a keep-alive connection at shutdown or on its keep-alive timeout
+    loop, fake, t = holding
     t.close()
     assert fake.log == [("write", b"HEAD"), ("close",)]
     _one_turn(loop)
     assert fake.log == [("write", b"HEAD"), ("close",)]
-    loop.close()
 
 
-def test_the_peers_end_of_stream_sends_a_held_head_before_the_loop_closes_the_connection():
-    loop, fake, t = _wrapped()
+def test_the_peers_end_of_stream_sends_a_held_head_before_the_loop_closes_the_connection(holding):
+    loop, fake, t = holding
     protocol = HttpToolsProtocol.__new__(HttpToolsProtocol)
     protocol.transport = t
-    t.hold_next_write()
-    t.write(b"HEAD")
     protocol.eof_received()
     assert fake.log == [("write", b"HEAD")]
-    loop.close()
 
 
-def test_abort_drops_what_is_held():
-    loop, fake, t = _wrapped()
-    t.hold_next_write()
-    t.write(b"HEAD")
+def test_abort_drops_what_is_held(holding):
+    loop, fake, t = holding
     t.abort()
     _one_turn(loop)
     assert fake.log == [("abort",)]
-    loop.close()
