@@ -5,9 +5,10 @@ its outbox event and the idempotency record. `write()` is that transaction. The 
 (create, update, delete) return the inserts they need rather than running them, so write() can
 fold them with the idempotency record into one statement (data-modifying CTEs):
 - a create reads nothing, so its claim joins that statement too: one autocommit statement, one
-  network round trip, one implicit transaction;
+  network round trip, one implicit transaction (write_one_statement, run by whichever driver the
+  caller passes: the API uses asyncpg for it);
 - an update or delete must lock and read its row first: BEGIN, claim, command, then the folded
-  inserts sent with the COMMIT, two round trips.
+  inserts sent with the COMMIT, two round trips (write, on psycopg).
 """
 from __future__ import annotations
 
@@ -186,53 +187,12 @@ class WriteResult:
 
 async def write(conn: psycopg.AsyncConnection, req: IdempotentRequest, command: Command, status_code: int,
                 location: Callable[[dict], str] | None = None) -> WriteResult:
-    """Run `command` exactly once per idempotency key, atomically with its outbox event and record.
+    """Run `command` exactly once per idempotency key, atomically with its outbox event and record:
+    BEGIN, the claim, the command, then its folded inserts sent with the COMMIT.
 
-    `conn` is in autocommit mode: the one-statement path is its own transaction, and the
-    transactional path opens one explicitly."""
+    `conn` is in autocommit mode, so the transaction is opened explicitly. A create may try
+    write_one_statement() first; this path decides every case that one leaves open."""
     start = time.perf_counter()
-    try:
-        if not command.reads:
-            done = await _write_one_statement(conn, req, command, status_code, location, start)
-            if done is not None:
-                return done
-        return await _write_in_transaction(conn, req, command, status_code, location, start)
-    except pg_errors.ForeignKeyViolation as exc:
-        if "is still referenced" in str(exc):
-            raise Conflict("The resource is still referenced (e.g. an account with jobs or contacts).") from exc
-        raise InvalidReference("accountId does not refer to an account of this tenant.") from exc
-
-
-async def _execute(command: Command, conn, req: IdempotentRequest, status_code: int, location):
-    now = outbox.utc_now()
-    resource, inserts = await command.run(conn, now)
-    body = orjson.dumps(resource) if resource is not None else b""
-    headers = {"content-type": "application/json"} if resource is not None else {}
-    if location and resource is not None:
-        headers["location"] = location(resource)
-    return body, headers, [*inserts, idempotency.record_statement(req, now, status_code, body, headers)]
-
-
-async def _write_one_statement(conn, req, command, status_code, location, start) -> WriteResult | None:
-    """Claim and inserts in one statement. None: the claim was not clean (lock held, record
-    present, or a racing commit on the record's unique index), nothing was written, and the
-    transactional path must decide."""
-    body, headers, inserts = await _execute(command, conn, req, status_code, location)
-    sql, params = fold(inserts, guard=idempotency.CLAIMED, head=idempotency.claim_cte(req),
-                       tail=idempotency.CLAIM_RESULT)
-    try:
-        cur = await conn.execute(sql, params)
-    except pg_errors.UniqueViolation as exc:
-        if exc.diag.constraint_name == idempotency.RECORD_UNIQUE_INDEX:
-            return None
-        raise
-    (written,) = await cur.fetchone()
-    if not written:
-        return None
-    return WriteResult(Verdict.EXECUTE, status_code, body, headers, time.perf_counter() - start)
-
-
-async def _write_in_transaction(conn, req, command, status_code, location, start) -> WriteResult:
     claimed = await idempotency.claim(conn, req)
     if claimed.verdict is not Verdict.EXECUTE:
         await conn.rollback()
@@ -243,10 +203,50 @@ async def _write_in_transaction(conn, req, command, status_code, location, start
         async with conn.pipeline():
             await conn.execute(sql, params)
             await conn.commit()
+    except pg_errors.ForeignKeyViolation as exc:
+        await conn.rollback()
+        if "is still referenced" in str(exc):
+            raise Conflict("The resource is still referenced (e.g. an account with jobs or contacts).") from exc
+        raise InvalidReference("accountId does not refer to an account of this tenant.") from exc
     except BaseException:
         await conn.rollback()
         raise
     return WriteResult(Verdict.EXECUTE, status_code, body, headers, time.perf_counter() - start)
+
+
+# Runs one claimed statement (psycopg-style %s placeholders) as its own implicit transaction and
+# returns its one boolean: True if the claim was clean and everything was written, False or
+# None if nothing was written (the claim was not clean, or a constraint refused a row).
+ClaimedStatement = Callable[[str, tuple], Awaitable["bool | None"]]
+
+
+async def write_one_statement(execute: ClaimedStatement, req: IdempotentRequest, command: Command, status_code: int,
+                              location: Callable[[dict], str] | None = None) -> WriteResult | None:
+    """A create as ONE autocommit statement: the claim (idempotency.CLAIM_CTE) and the inserts
+    guarded by it. One network round trip, one implicit transaction.
+
+    None: nothing was written and the claim was not clean (lock held, record present, a racing
+    commit on the record's unique index) or a constraint refused a row; the caller then runs
+    write(), whose transaction decides: replay, 409, 422, or the constraint's answer."""
+    if command.reads:
+        raise ValueError("only a command that reads nothing fits in one statement")
+    start = time.perf_counter()
+    body, headers, inserts = await _execute(command, None, req, status_code, location)
+    sql, params = fold(inserts, guard=idempotency.CLAIMED, head=idempotency.claim_cte(req),
+                       tail=idempotency.CLAIM_RESULT)
+    if not await execute(sql, params):
+        return None
+    return WriteResult(Verdict.EXECUTE, status_code, body, headers, time.perf_counter() - start)
+
+
+async def _execute(command: Command, conn, req: IdempotentRequest, status_code: int, location):
+    now = outbox.utc_now()
+    resource, inserts = await command.run(conn, now)
+    body = orjson.dumps(resource) if resource is not None else b""
+    headers = {"content-type": "application/json"} if resource is not None else {}
+    if location and resource is not None:
+        headers["location"] = location(resource)
+    return body, headers, [*inserts, idempotency.record_statement(req, now, status_code, body, headers)]
 
 
 # --------------------------------------------------------------------------- reads

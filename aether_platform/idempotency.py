@@ -118,11 +118,9 @@ _DELETE_EXPIRED = "DELETE FROM idempotency_keys WHERE tenant_id = %s AND key = %
 _RECORD_COLUMNS = ("tenant_id", "key", "request_path", "request_method", "status_code", "response_body", "created_at",
                    "expires_at", "request_fingerprint", "response_headers")
 _RECORD_PLACEHOLDERS = ("%s",) * 9 + ("%s::jsonb",)
-# The unique index a second record for one (tenant, key) runs into.
-RECORD_UNIQUE_INDEX = "IX_idempotency_keys_tenant_key"
 
-# The claim inside a one-statement write (see crm.write): `claimed` yields a row only if the lock
-# was free and no record exists. All of the statement shares one snapshot, so a record committed
+# The claim inside a one-statement write (see crm.write_one_statement): `claimed` yields a row only
+# if the lock was free and no record exists. All of the statement shares one snapshot, so a record committed
 # between that snapshot and the lock is not seen here; the record's unique index then refuses the
 # insert, the whole statement rolls back, and the caller falls back to claim() below.
 CLAIM_CTE = (

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from aether_platform.settings import get_settings
 from api import problems
-from api.db import make_pool
+from api.db import make_pool, make_statement_pool
 from api.fast_create import FastCreate
 from api.kafka_health import KafkaProbe
 from api.stream import lifecycle as stream_lifecycle
@@ -31,6 +31,9 @@ async def lifespan(app: FastAPI):
     pool = make_pool(settings)
     await pool.open(wait=False)
     app.state.pool = pool
+    statements = make_statement_pool(settings)
+    await statements.open()
+    app.state.statements = statements
     app.state.kafka_probe = KafkaProbe(settings.kafka_bootstrap_servers)
     await stream_lifecycle.start(app)
     # Everything built so far (modules, FastAPI's routes, pydantic's validators) lives as long
@@ -41,6 +44,7 @@ async def lifespan(app: FastAPI):
         yield
     finally:
         await stream_lifecycle.stop(app)
+        await asyncio.wait_for(statements.close(), timeout=5)
         await asyncio.wait_for(pool.close(), timeout=5)
 
 

@@ -12,6 +12,8 @@ from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from api.db import DatabaseUnreachable
+
 log = logging.getLogger("aether.api")
 
 PROBLEM_JSON = "application/problem+json"
@@ -44,7 +46,7 @@ def problem_response(status: int, title: str, detail: str | None = None, *, type
 
 # The database is down or restarting: tell the client to come back, never a 500. The pool
 # reconnects by itself once the server answers again.
-DATABASE_UNAVAILABLE = (psycopg.OperationalError, PoolTimeout)
+DATABASE_UNAVAILABLE = (psycopg.OperationalError, PoolTimeout, DatabaseUnreachable)
 
 
 def database_unavailable(method: str, path: str, exc: Exception) -> Response:

@@ -2,7 +2,7 @@
 
 1. Ceiling: pgbench runs the very statement the endpoint runs (one autocommit statement: the
    advisory-lock claim and key lookup, then the job, outbox and key inserts as CTEs guarded by
-   the claim), prepared as psycopg prepares it, with 50 clients: the transactions/s this
+   the claim), prepared as the API's driver (asyncpg) prepares it, with 50 clients: the transactions/s this
    machine's PostgreSQL can do for this write.
 2. Throughput: wrk, 50 connections, unique Idempotency-Keys, against the API served as in
    production (uvicorn, one worker per core less one for PostgreSQL, uvloop, httptools with the

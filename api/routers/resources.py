@@ -47,8 +47,14 @@ async def perform_write(state, method: str, path: str, tenant: uuid.UUID, key: s
         fingerprint=idempotency.fingerprint(method, path, body),
         ttl=timedelta(seconds=state.settings.idempotency_ttl_seconds))
     try:
-        async with checkout(state.pool) as conn:
-            result = await crm.write(conn, req, command, status_code, location)
+        # A create first tries its one-statement write; anything that leaves open (a replay, a
+        # conflict, a refused row) is decided by the transactional write.
+        result = None
+        if not command.reads:
+            result = await crm.write_one_statement(state.statements.claimed_write, req, command, status_code, location)
+        if result is None:
+            async with checkout(state.pool) as conn:
+                result = await crm.write(conn, req, command, status_code, location)
     except crm.DomainError as exc:
         return problem_response(exc.status, exc.title, exc.detail, instance=path)
     if result.verdict is Verdict.EXECUTE:

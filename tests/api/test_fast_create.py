@@ -149,6 +149,7 @@ def _run_fast_create(database_url: str, request_headers: list[tuple[bytes, bytes
 
     from aether_platform.rate_limit import TenantRateLimiter
     from aether_platform.settings import get_settings
+    from api.db import StatementPool
     from api.fast_create import FastCreate
 
     downstream: dict = {}
@@ -160,7 +161,9 @@ def _run_fast_create(database_url: str, request_headers: list[tuple[bytes, bytes
         pool = AsyncConnectionPool(libpq_url(database_url), min_size=1, max_size=1, open=False,
                                    kwargs={"autocommit": True})
         await pool.open(wait=True)
-        state = type("State", (), {"settings": get_settings(), "pool": pool,
+        statements = StatementPool(libpq_url(database_url), max_size=1)
+        await statements.open()
+        state = type("State", (), {"settings": get_settings(), "pool": pool, "statements": statements,
                                    "write_limiter": TenantRateLimiter(0, 1)})()
         sent: list = []
         messages = [{"type": "http.request", "body": body, "more_body": False}]
@@ -176,6 +179,7 @@ def _run_fast_create(database_url: str, request_headers: list[tuple[bytes, bytes
         try:
             await FastCreate(routed_app, state)(scope, receive, send)
         finally:
+            await statements.close()
             await pool.close()
         return sent[0]["status"] if sent else None
 

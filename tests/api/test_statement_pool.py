@@ -1,0 +1,134 @@
+"""The create endpoints' one-statement write through asyncpg (api.db.StatementPool), against the
+real PostgreSQL: what it writes, what it leaves to the transactional path, and how it fails."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+
+import psycopg
+import pytest
+
+from aether_platform import crm, idempotency
+from aether_platform.db_url import libpq_url
+from aether_platform.idempotency import IdempotentRequest, Verdict
+from api.db import APPLICATION_NAME, DatabaseUnreachable, StatementPool, asyncpg_dsn, dollar_params
+from tests.api.conftest import new_key, outbox_rows
+from tests.conftest import free_port
+
+PATH = "/api/crm/jobs"
+
+
+def test_placeholders_are_numbered_and_a_doubled_percent_is_a_literal_one():
+    assert dollar_params("SELECT %s, %s::jsonb, 7 %% 2, %s") == "SELECT $1, $2::jsonb, 7 % 2, $3"
+
+
+def test_libpq_client_options_are_left_out_and_server_ones_kept(database_url):
+    """asyncpg would send connect_timeout to the server as a setting, and the server refuses it."""
+    url = libpq_url(database_url) + "?connect_timeout=3&sslmode=disable&keepalives=1"
+    dsn = asyncpg_dsn(url)
+    assert dsn == libpq_url(database_url) + "?sslmode=disable"
+
+    async def main():
+        pool = StatementPool(dsn, max_size=1)
+        await pool.open()
+        try:
+            return await pool.claimed_write("SELECT %s::int = 1", (1,))
+        finally:
+            await pool.close()
+
+    assert asyncio.run(main()) is True
+
+
+def _request(tenant: str, key: str, body: dict) -> IdempotentRequest:
+    return IdempotentRequest(tenant_id=uuid.UUID(tenant), key=key, method="POST", path=PATH,
+                             fingerprint=idempotency.fingerprint("POST", PATH, body), ttl=timedelta(hours=1))
+
+
+def _create_job(tenant: str, body: dict) -> crm.Command:
+    values = {"title": body["title"], "status": "Open", "account_id": body.get("accountId")}
+    return crm.create(crm.JOB, uuid.UUID(tenant), values)
+
+
+async def _writes(url: str, writes: list[tuple[str, str, dict]]) -> list:
+    """Each (tenant, key, body) through one pool, in order; a result or the exception raised."""
+    pool = StatementPool(url, max_size=2)
+    await pool.open()
+    results = []
+    try:
+        for tenant, key, body in writes:
+            try:
+                results.append(await crm.write_one_statement(pool.claimed_write, _request(tenant, key, body),
+                                                             _create_job(tenant, body), 202))
+            except Exception as exc:  # noqa: BLE001 - the tests below assert which
+                results.append(exc)
+    finally:
+        await pool.close()
+    return results
+
+
+def _counts(db, tenant: str) -> tuple[int, int, int]:
+    jobs = db.execute("SELECT count(*) FROM jobs WHERE tenant_id = %s", (tenant,)).fetchone()[0]
+    keys = db.execute("SELECT count(*) FROM idempotency_keys WHERE tenant_id = %s", (tenant,)).fetchone()[0]
+    return jobs, len(outbox_rows(db, tenant)), keys
+
+
+def test_a_fresh_key_commits_row_event_and_record_together(database_url, db, tenant):
+    (result,) = asyncio.run(_writes(libpq_url(database_url), [(tenant, new_key(), {"title": "Fit valve"})]))
+    assert result.verdict is Verdict.EXECUTE and result.status_code == 202
+    assert _counts(db, tenant) == (1, 1, 1)
+    assert outbox_rows(db, tenant)[0][0] == "JobCreated"
+
+
+def test_a_used_key_writes_nothing_and_leaves_the_answer_to_the_transaction(database_url, db, tenant):
+    key = new_key()
+    first, second = asyncio.run(_writes(libpq_url(database_url), [(tenant, key, {"title": "a"}),
+                                                                  (tenant, key, {"title": "a"})]))
+    assert first.verdict is Verdict.EXECUTE
+    assert second is None
+    assert _counts(db, tenant) == (1, 1, 1)
+
+
+def test_a_refused_foreign_key_writes_nothing_and_is_left_to_the_transaction(database_url, db, tenant):
+    (result,) = asyncio.run(_writes(libpq_url(database_url),
+                                    [(tenant, new_key(), {"title": "a", "accountId": uuid.uuid4()})]))
+    assert result is None
+    assert _counts(db, tenant) == (0, 0, 0)
+
+
+def test_a_database_that_refuses_connections_is_unreachable_not_an_error(tenant):
+    (result,) = asyncio.run(_writes(f"postgresql://aether@127.0.0.1:{free_port()}/crm",
+                                    [(tenant, new_key(), {"title": "a"})]))
+    assert isinstance(result, DatabaseUnreachable)
+
+
+def test_connections_killed_by_the_server_are_replaced(database_url, db, tenant):
+    """What a PostgreSQL restart does to idle pooled connections: the next writes get a new one."""
+    url = libpq_url(database_url)
+
+    async def main():
+        pool = StatementPool(url, max_size=2)
+        await pool.open()
+        try:
+            async def write(title):
+                return await crm.write_one_statement(pool.claimed_write, _request(tenant, new_key(), {"title": title}),
+                                                     _create_job(tenant, {"title": title}), 202)
+            assert (await write("before")).verdict is Verdict.EXECUTE
+            with psycopg.connect(url, autocommit=True) as admin:
+                killed = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                                       " WHERE application_name = %s AND datname = current_database()",
+                                       (APPLICATION_NAME,)).fetchone()[0]
+            assert killed >= 1
+            outcomes = []
+            for attempt in range(3):
+                try:
+                    outcomes.append((await write(f"after {attempt}")).verdict)
+                except DatabaseUnreachable as exc:  # at most the request that meets the dead socket
+                    outcomes.append(exc)
+            return outcomes
+        finally:
+            await pool.close()
+
+    outcomes = asyncio.run(main())
+    assert outcomes[-1] is Verdict.EXECUTE and outcomes[-2] is Verdict.EXECUTE, outcomes
+    assert _counts(db, tenant)[0] == 1 + outcomes.count(Verdict.EXECUTE)
