@@ -64,9 +64,10 @@ class DatabaseUnreachable(Exception):
 
 # What asyncpg raises when the server is down, restarting or unreachable, as opposed to an error
 # in the statement: class 08 (connection), 53 (e.g. too many connections), 57 (shutdown, starting
-# up), its own InterfaceError (e.g. the connection was closed under it), socket errors, timeouts.
-_UNREACHABLE = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
-                asyncpg.InsufficientResourcesError, asyncpg.OperatorInterventionError)
+# up), its own InterfaceError (e.g. the connection was closed under it) and InternalClientError
+# (its protocol state broken by a session the server terminated), socket errors, timeouts.
+_UNREACHABLE = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+                asyncpg.PostgresConnectionError, asyncpg.InsufficientResourcesError, asyncpg.OperatorInterventionError)
 
 
 async def _session_is_clean(conn) -> None:
@@ -133,7 +134,17 @@ class StatementPool:
         and the caller's transactional path decides what to answer."""
         try:
             async with self._pool.acquire(timeout=self._timeout) as conn:
-                return await conn.fetchval(dollar_params(sql), *params)
+                try:
+                    return await conn.fetchval(dollar_params(sql), *params)
+                except asyncpg.PostgresError:
+                    raise  # the server answered: the connection is in a known state
+                except BaseException:
+                    # A failure on the client side (socket, protocol state, cancellation) leaves
+                    # the connection in an unknown state, and asyncpg's pool may hand it out
+                    # again (asyncpg #1069: InternalClientError after the server terminated the
+                    # session); closed here, its slot reconnects on the next acquire.
+                    conn.terminate()
+                    raise
         except asyncpg.IntegrityConstraintViolationError:
             return None
         except _UNREACHABLE as exc:

@@ -132,3 +132,46 @@ def test_connections_killed_by_the_server_are_replaced(database_url, db, tenant)
     outcomes = asyncio.run(main())
     assert outcomes[-1] is Verdict.EXECUTE and outcomes[-2] is Verdict.EXECUTE, outcomes
     assert _counts(db, tenant)[0] == 1 + outcomes.count(Verdict.EXECUTE)
+
+
+def test_sessions_terminated_mid_statement_answer_unreachable_and_the_pool_recovers(database_url):
+    """What a restart does to busy connections: the server ends sessions while statements are in
+    flight. Each such write is DatabaseUnreachable (a 503), never another error (asyncpg can raise
+    InternalClientError here and return the broken connection to its pool), and once the
+    terminations stop every write succeeds again."""
+    url = libpq_url(database_url)
+
+    async def main():
+        pool = StatementPool(url, max_size=10)
+        await pool.open()
+        outcomes: list = []
+        stop = asyncio.Event()
+
+        async def writer():
+            while not stop.is_set():
+                try:
+                    outcomes.append(await pool.claimed_write("SELECT pg_sleep(0.001) IS NOT NULL OR %s::int = 1", (1,)))
+                except Exception as exc:  # noqa: BLE001 - asserted below
+                    outcomes.append(exc)
+
+        writers = [asyncio.create_task(writer()) for _ in range(20)]
+        try:
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
+                for _ in range(100):
+                    await asyncio.sleep(0.01)
+                    await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                                        " WHERE application_name = %s AND datname = current_database()",
+                                        (APPLICATION_NAME,))
+        finally:
+            stop.set()
+            await asyncio.gather(*writers)
+        await asyncio.sleep(0.2)  # the last terminations reach their (idle) connections
+        after = await asyncio.gather(*(pool.claimed_write("SELECT %s::int = 1", (1,)) for _ in range(20)))
+        await pool.close()
+        return outcomes, after
+
+    outcomes, after = asyncio.run(main())
+    errors = [o for o in outcomes if isinstance(o, Exception)]
+    assert errors, "no statement was interrupted; the test did not exercise anything"
+    assert {type(e) for e in errors} == {DatabaseUnreachable}, {type(e).__name__ for e in errors}
+    assert after == [True] * 20
