@@ -18,7 +18,8 @@ Guarantees:
 - Back-pressure unchanged: only the head, a few hundred bytes, is ever held; bodies go straight
   to the transport, which pauses the writer as before.
 
-Run with `uvicorn api.main:app --http api.http_protocol:HttpToolsProtocol` (UVICORN_HTTP below).
+Run with `uvicorn api.main:app --loop uvloop --http api.http_protocol:HttpToolsProtocol`; every
+launcher in the repository takes these flags from UVICORN_SERVING below.
 """
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ import asyncio
 from uvicorn.protocols.http import httptools_impl
 
 UVICORN_HTTP = "api.http_protocol:HttpToolsProtocol"
+# How the API is served wherever it runs (stack, tests, benchmarks): the options that make a
+# measurement or a test see the production server. The Dockerfile spells out the same.
+UVICORN_SERVING = ("--loop", "uvloop", "--http", UVICORN_HTTP, "--no-access-log")
 
 
 class HeadHoldingTransport:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import uvloop
 
-from api.http_protocol import UVICORN_HTTP
+from api.http_protocol import UVICORN_SERVING
 from bench.report import Figure, emit, progress
 
 REPO = Path(__file__).resolve().parent.parent
@@ -129,7 +129,7 @@ class Server:
         self.log = open(log_dir / f"sse-bench-{kind}.log", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", str(self.port),
-             "--loop", "uvloop", "--http", UVICORN_HTTP, "--no-access-log", "--backlog", "4096",
+             *UVICORN_SERVING, "--backlog", "4096",
              "--timeout-graceful-shutdown", "3", *(["--factory"] if kind == "naive" else [])],
             cwd=REPO, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60

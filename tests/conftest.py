@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from aether_platform.db_url import libpq_url, with_database
-from api.http_protocol import UVICORN_HTTP
+from api.http_protocol import UVICORN_SERVING
 from devstack import stack
 
 REPO = Path(__file__).resolve().parent.parent
@@ -135,7 +135,7 @@ class ApiServer:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", str(self.workers), "--loop", "uvloop", "--http", UVICORN_HTTP, "--no-access-log",
+             "--workers", str(self.workers), *UVICORN_SERVING,
              "--timeout-graceful-shutdown", "3"],
             cwd=REPO, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
