@@ -1,8 +1,8 @@
 """CRM aggregates (accounts, contacts, jobs) and their write path.
 
 Every state change runs in ONE transaction that holds: the idempotency claim, the business row,
-its outbox event and the idempotency record. `write()` is that transaction. The commands below
-(create, update, delete) return the inserts they need rather than running them, so write() can
+its outbox event and the idempotency record: `write_one_statement()` or `write()`. The commands
+below (create, update, delete) return the inserts they need rather than running them, so both can
 fold them with the idempotency record into one statement (data-modifying CTEs):
 - a create reads nothing, so its claim joins that statement too: one autocommit statement, one
   network round trip, one implicit transaction (write_one_statement, run by whichever driver the

@@ -120,9 +120,9 @@ _RECORD_COLUMNS = ("tenant_id", "key", "request_path", "request_method", "status
 _RECORD_PLACEHOLDERS = ("%s",) * 9 + ("%s::jsonb",)
 
 # The claim inside a one-statement write (see crm.write_one_statement): `claimed` yields a row only
-# if the lock was free and no record exists. All of the statement shares one snapshot, so a record committed
-# between that snapshot and the lock is not seen here; the record's unique index then refuses the
-# insert, the whole statement rolls back, and the caller falls back to claim() below.
+# if the lock was free and no record exists. All of the statement shares one snapshot, so a record
+# committed between that snapshot and the lock is not seen here; the record's unique index then
+# refuses the insert, the whole statement rolls back, and the caller falls back to claim() below.
 CLAIM_CTE = (
     "claim AS MATERIALIZED (SELECT pg_try_advisory_xact_lock(%s) AS locked,"
     " NOT EXISTS (SELECT 1 FROM idempotency_keys WHERE tenant_id = %s AND key = %s) AS fresh),"

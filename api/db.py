@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import re
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -80,7 +81,7 @@ async def _session_is_clean(conn) -> None:
 @functools.lru_cache(maxsize=64)
 def dollar_params(sql: str) -> str:
     """psycopg's `%s` placeholders as PostgreSQL's `$1, $2, ...`; `%%` is a literal percent."""
-    counter = iter(range(1, 10_000))
+    counter = itertools.count(1)
     return re.sub(r"%[s%]", lambda m: "%" if m.group() == "%%" else f"${next(counter)}", sql)
 
 
