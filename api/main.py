@@ -20,7 +20,7 @@ from api.routers import crm_events
 from api.routers import health, resources
 from api.security import Authentication
 from aether_platform import auth
-from aether_platform.rate_limit import TenantRateLimiter
+from api.rate_limit import TenantRateLimiter
 
 log = logging.getLogger("aether.api")
 

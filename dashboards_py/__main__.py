@@ -8,7 +8,7 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Shared with `aether dashboards` in aether_platform/cli.py."""
+    """Shared with `aether dashboards` in api/cli.py."""
     parser.add_argument("action", nargs="?", choices=["build", "check", "push"], default="build")
     parser.add_argument("--check", action="store_true", help="exit 1 when the committed outputs are stale")
     parser.add_argument("--url", default=os.environ.get("GRAFANA_URL"), help="Grafana base URL (push; env GRAFANA_URL)")

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from starlette.responses import Response
 
-from aether_platform.stream_cursor import Cursor, CursorError, decode, parse_since
+from api.stream.cursor import Cursor, CursorError, decode, parse_since
 from api.problems import Problem
 from api.stream.records import Filter
 from api.stream.session import SSE_HEADERS, SseSession

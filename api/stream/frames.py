@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import orjson
 
-from aether_platform.stream_cursor import CursorEncoder
+from api.stream.cursor import CursorEncoder
 from api.stream.records import Filter, Record
 
 KEEPALIVE = b": keepalive\n\n"

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
 
-from aether_platform.stream_cursor import Cursor, CursorEncoder, CursorError, topic_epoch
+from api.stream.cursor import Cursor, CursorEncoder, CursorError, topic_epoch
 from aether_platform.topics import silent_logger
 from api.stream import frames
 from api.stream.records import DedupWindow, Filter, from_message

@@ -147,7 +147,7 @@ def _run_fast_create(database_url: str, request_headers: list[tuple[bytes, bytes
     """Drive FastCreate with one request; returns (status or None, what the downstream app got)."""
     from psycopg_pool import AsyncConnectionPool
 
-    from aether_platform.rate_limit import TenantRateLimiter
+    from api.rate_limit import TenantRateLimiter
     from aether_platform.settings import get_settings
     from api.db import StatementPool
     from api.fast_create import FastCreate

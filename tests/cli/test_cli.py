@@ -1,4 +1,4 @@
-"""Every `aether` command, run as a user runs it: a subprocess of `python -m aether_platform.cli`."""
+"""Every `aether` command, run as a user runs it: a subprocess of `python -m api.cli`."""
 from __future__ import annotations
 
 import argparse
@@ -16,13 +16,13 @@ import psycopg
 import pytest
 
 from aether_platform import outbox
-from aether_platform.cli import build_parser
+from api.cli import build_parser
 from aether_platform.db_url import libpq_url
-from tests.conftest import REPO, RUN_ID, create_database, drop_database
+from tests.conftest import CLI, REPO, RUN_ID, create_database, drop_database
 
 
 def aether(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "aether_platform.cli", *args], cwd=REPO,
+    return subprocess.run([*CLI, *args], cwd=REPO,
                           env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout)
 
 

@@ -15,7 +15,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import BASE_ENV, REPO, free_port
+from tests.conftest import BASE_ENV, CLI, REPO, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ def _isolated_env(state_dir: Path) -> dict[str, str]:
 
 
 def aether(env: dict[str, str], *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "aether_platform.cli", *args], cwd=REPO, env=env,
+    return subprocess.run([*CLI, *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -118,7 +118,7 @@ def test_timeout_names_the_piece_and_its_log(state_dir):
 
 def test_foreground_ctrl_c_stops_everything(state_dir):
     env = _isolated_env(state_dir)
-    proc = subprocess.Popen([sys.executable, "-m", "aether_platform.cli", "stack", "up", "--foreground",
+    proc = subprocess.Popen([*CLI, "stack", "up", "--foreground",
                              "--services", "infra,api"], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     lines = []

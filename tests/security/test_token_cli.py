@@ -2,18 +2,17 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import uuid
 
 import pytest
 
 from aether_platform.auth import AuthError, TokenFile
-from tests.conftest import REPO
+from tests.conftest import CLI, REPO
 
 
 def test_hash_token_line_is_accepted_by_the_token_file(tmp_path):
     tenant = str(uuid.uuid4())
-    r = subprocess.run([sys.executable, "-m", "aether_platform.cli", "auth", "hash-token", tenant, "--label", "crm-app"],
+    r = subprocess.run([*CLI, "auth", "hash-token", tenant, "--label", "crm-app"],
                        cwd=REPO, capture_output=True, text=True, check=True)
     token = r.stderr.strip().rsplit(" ", 1)[1]
     assert token not in r.stdout

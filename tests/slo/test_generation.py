@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from dashboards_py import build
-from tests.conftest import REPO
+from tests.conftest import CLI, REPO
 
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool missing: apt-get install prometheus")
@@ -36,7 +36,7 @@ def test_check_flags_an_edited_output(tmp_path):
 def test_check_command_exit_codes():
     ok = subprocess.run([sys.executable, "-m", "dashboards_py", "--check"], cwd=REPO, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
-    via_cli = subprocess.run([sys.executable, "-m", "aether_platform.cli", "dashboards", "check"], cwd=REPO,
+    via_cli = subprocess.run([*CLI, "dashboards", "check"], cwd=REPO,
                              capture_output=True, text=True)
     assert via_cli.returncode == 0, via_cli.stderr
 

@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from aether_platform.stream_cursor import decode
+from api.stream.cursor import decode
 from tests.conftest import ApiServer
 from tests.stream.conftest import wait_until
 from tests.stream.sse_client import SseClient

@@ -6,7 +6,7 @@ import uuid
 
 import httpx
 
-from aether_platform.stream_cursor import decode
+from api.stream.cursor import decode
 from tests.stream.conftest import CORS_ORIGIN, MAX_CLIENTS, mine, wait_until
 from tests.stream.sse_client import SseClient
 

@@ -61,11 +61,6 @@ class Cursor:
             raise ValueError(f"cursor of {len(self.offsets)} partitions exceeds {MAX_BYTES} bytes")
         return text
 
-    def advanced(self, partition: int, next_offset: int) -> "Cursor":
-        offsets = list(self.offsets)
-        offsets[partition] = next_offset
-        return Cursor(self.epoch, tuple(offsets))
-
 
 class CursorEncoder:
     """Encodes the cursor after each event of a stream. Only the changed partition is re-encoded,

@@ -1,4 +1,10 @@
-"""`aether`: the project's one command-line entry point."""
+"""`aether`: the project's one command-line entry point, a thin shell over the core.
+
+It lives beside the API, not in `aether_platform/`, because the core imports no tooling. The
+operational commands (`migrate`, `topic`, `outbox`, `auth`, `dashboards`) run anywhere the image
+runs; the development ones (`stack`, `bench`) need a checkout, since `devstack/` and `bench/` are
+not part of the production image. Run it as `aether …` or `python -m api.cli …`.
+"""
 from __future__ import annotations
 
 import argparse
@@ -12,8 +18,19 @@ REPO = Path(__file__).resolve().parent.parent
 log = logging.getLogger("aether")
 
 
+def _checkout_missing(package: str) -> SystemExit:
+    """devstack/ and bench/ ship only in a development checkout, never in the production image."""
+    return SystemExit(f"aether: this command needs a development checkout ({package}/ is not here, "
+                      "as in the production image)")
+
+
 def _stack(args) -> int:
-    from devstack import stack
+    try:
+        from devstack import stack
+    except ModuleNotFoundError as exc:
+        if exc.name != "devstack":
+            raise
+        raise _checkout_missing("devstack") from None
 
     cfg = stack.Config()
     try:
@@ -87,6 +104,8 @@ def _dashboards_arguments(p: argparse.ArgumentParser) -> None:
 
 def _bench(args) -> int:
     # bench/ lives in the checkout, not in the installed package: run it from there.
+    if not (REPO / "bench").is_dir():
+        raise _checkout_missing("bench")
     if args.list:
         print("\n".join(sorted(p.stem for p in (REPO / "bench").glob("*.py")
                                if not p.stem.startswith("_") and p.stem != "report")))
