@@ -14,7 +14,6 @@ COPY pyproject.toml README.md ./
 COPY aether_platform ./aether_platform
 COPY api ./api
 COPY dashboards_py ./dashboards_py
-COPY devstack ./devstack
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11.14-slim-bookworm
@@ -46,7 +45,5 @@ EXPOSE 8080 3000 3030
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import sys, urllib.request, urllib.error\ntry:\n    urllib.request.urlopen('http://127.0.0.1:8080/', timeout=4)\nexcept urllib.error.HTTPError:\n    pass\nexcept Exception:\n    sys.exit(1)"]
 ENTRYPOINT ["/usr/local/bin/aether-entrypoint"]
-# uvicorn takes its worker count from WEB_CONCURRENCY.
-CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8080", "--loop", "uvloop", \
-     "--http", "api.http_protocol:HttpToolsProtocol", \
-     "--no-access-log", "--timeout-graceful-shutdown", "5"]
+# `python -m api` is the one launcher (stack, tests and benchmarks run it too); workers from WEB_CONCURRENCY.
+CMD ["python", "-m", "api", "--host", "0.0.0.0", "--port", "8080"]

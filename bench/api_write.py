@@ -34,7 +34,6 @@ import uvloop
 import psycopg
 
 from aether_platform.db_url import libpq_url, with_database
-from api.http_protocol import UVICORN_SERVING
 from bench.report import Figure, emit, progress
 from devstack import stack
 
@@ -120,8 +119,7 @@ def start_api(url: str, port: int) -> subprocess.Popen:
     # The per-tenant write limit is off: this measures the API's capacity, not the limiter.
     env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(REPO), "AETHER_DB_POOL_MAX": "30",
            "AETHER_WRITE_RATE_PER_TENANT": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", str(WORKERS), *UVICORN_SERVING,
+    proc = subprocess.Popen([sys.executable, "-m", "api", "--port", str(port), "--workers", str(WORKERS),
                              "--log-level", "warning"], cwd=REPO, env=env, start_new_session=True)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

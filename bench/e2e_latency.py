@@ -27,7 +27,6 @@ import httpx
 import uvloop
 import orjson
 
-from api.http_protocol import UVICORN_SERVING
 from bench._relay_setup import REPO, bench_database, bench_topic, warm_up_broker
 from bench.relay_latency import kafka_floor, pct
 from bench.report import Figure, emit, progress
@@ -119,8 +118,8 @@ def main() -> None:
         port = free_port()
         workers = stack.default_api_workers()
         progress(f"starting the API ({workers} workers, as the stack runs it) and a streaming relay")
-        api = subprocess.Popen([sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port",
-                                str(port), "--workers", str(workers), *UVICORN_SERVING, "--log-level", "warning"],
+        api = subprocess.Popen([sys.executable, "-m", "api", "--port", str(port), "--workers", str(workers),
+                                "--log-level", "warning"],
                                cwd=REPO, env=env, start_new_session=True)
         relay = subprocess.Popen([sys.executable, "-m", "aether_platform.relay", "--mode", "streaming"], cwd=REPO,
                                  env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

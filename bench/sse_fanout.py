@@ -33,7 +33,6 @@ from pathlib import Path
 
 import uvloop
 
-from api.http_protocol import UVICORN_SERVING
 from bench.report import Figure, emit, progress
 
 REPO = Path(__file__).resolve().parent.parent
@@ -125,12 +124,10 @@ def threads(pid: int) -> int:
 class Server:
     def __init__(self, kind: str, env: dict[str, str], log_dir: Path):
         self.kind, self.port = kind, free_port()
-        target = "api.main:app" if kind == "platform" else "bench.sse_fanout:naive_asgi"
         self.log = open(log_dir / f"sse-bench-{kind}.log", "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", str(self.port),
-             *UVICORN_SERVING, "--backlog", "4096",
-             "--timeout-graceful-shutdown", "3", *(["--factory"] if kind == "naive" else [])],
+            [sys.executable, "-m", "api", "--port", str(self.port), "--backlog", "4096",
+             *(["--app", "bench.sse_fanout:naive_asgi", "--factory"] if kind == "naive" else [])],
             cwd=REPO, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -594,14 +594,11 @@ def start_api(cfg: Config) -> None:
         if _port_open(cfg.api_port):
             raise StackError(f"api: port {cfg.api_port} is taken; set AETHER_API_PORT")
         say(f"api: starting on {cfg.api_url} with {cfg.api_workers} workers (log: {log})")
-        from api.http_protocol import UVICORN_SERVING
-
         # uvicorn workers are separate processes: prometheus_client aggregates them through files.
         metrics_dir = cfg.state_dir / "api-metrics"
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True)
-        _spawn(cfg, "api", [_venv_bin("uvicorn"), "api.main:app", "--host", "127.0.0.1", "--port", str(cfg.api_port),
-                            "--workers", str(cfg.api_workers), *UVICORN_SERVING, "--timeout-graceful-shutdown", "5"],
+        _spawn(cfg, "api", [sys.executable, "-m", "api", "--port", str(cfg.api_port), "--workers", str(cfg.api_workers)],
                env={**_platform_env(cfg), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
     wait_until("api", f"GET {cfg.api_url}/", lambda: _http_answers(f"{cfg.api_url}/"), 60, log,
                alive=lambda: running(cfg, "api"))

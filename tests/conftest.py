@@ -17,11 +17,13 @@ import psycopg
 import pytest
 
 from aether_platform.db_url import libpq_url, with_database
-from api.http_protocol import UVICORN_SERVING
 from devstack import stack
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_ID = uuid.uuid4().hex[:8]
+# How tests run the platform's two programs: as users and the image do, one definition each.
+API_LAUNCH = (sys.executable, "-m", "api")
+CLI = (sys.executable, "-m", "api.cli")
 
 
 def _stack_env() -> dict[str, str]:
@@ -118,12 +120,18 @@ def platform_env(database_url, kafka_bootstrap, topic) -> dict[str, str]:
 
 
 class ApiServer:
-    """A real uvicorn process serving api.main:app on a free port; restartable."""
+    """A real API process (`python -m api`, as everywhere) on a port of its own; restartable.
 
-    def __init__(self, env: dict[str, str], log_dir: Path, workers: int = 1, port: int | None = None):
+    The test process binds the listening socket (port 0, or the given one) and keeps it for the
+    server's whole life, handing it to each start with `--fd`: no other process can take the port
+    between a choice and a bind, and a restart keeps the same URL. While no process serves,
+    connections wait in the socket's backlog instead of being refused."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, workers: int = 1, port: int = 0):
         self.env = env
-        self.port = port or free_port()
         self.workers = workers
+        self.sock = socket.create_server(("127.0.0.1", port), backlog=2048)
+        self.port = self.sock.getsockname()[1]
         self.log_path = log_dir / f"api-{self.port}.log"
         self.proc: subprocess.Popen | None = None
 
@@ -133,10 +141,9 @@ class ApiServer:
 
     def start(self, timeout: float = 30.0) -> "ApiServer":
         log = open(self.log_path, "ab")
+        fd = self.sock.fileno()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", str(self.workers), *UVICORN_SERVING,
-             "--timeout-graceful-shutdown", "3"],
+            [*API_LAUNCH, "--fd", str(fd), "--workers", str(self.workers)], pass_fds=(fd,),
             cwd=REPO, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         import httpx
@@ -189,7 +196,7 @@ class ThrowawayKafka:
         return f"127.0.0.1:{self.port}"
 
     def up(self) -> None:
-        r = subprocess.run([sys.executable, "-m", "aether_platform.cli", "stack", "up", "--services", "kafka"],
+        r = subprocess.run([*CLI, "stack", "up", "--services", "kafka"],
                            cwd=REPO, env=self.env, capture_output=True, text=True, timeout=180)
         assert r.returncode == 0, r.stdout + r.stderr
 
@@ -206,7 +213,7 @@ class ThrowawayKafka:
         os.killpg(pid, 9)
 
     def close(self) -> None:
-        subprocess.run([sys.executable, "-m", "aether_platform.cli", "stack", "down"], cwd=REPO, env=self.env,
+        subprocess.run([*CLI, "stack", "down"], cwd=REPO, env=self.env,
                        capture_output=True, timeout=120)
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
@@ -221,8 +228,8 @@ def own_postgres():
     env.update({"AETHER_STACK_DIR": str(state), "AETHER_PG_PORT": str(free_port())})
 
     def stack(action: str) -> None:
-        r = subprocess.run([sys.executable, "-m", "aether_platform.cli", "stack", action, "--services", "postgres"]
-                           if action == "up" else [sys.executable, "-m", "aether_platform.cli", "stack", action],
+        r = subprocess.run([*CLI, "stack", action, "--services", "postgres"]
+                           if action == "up" else [*CLI, "stack", action],
                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stdout + r.stderr
 

@@ -19,7 +19,7 @@ import pytest
 
 from aether_platform.db_url import libpq_url
 from aether_platform.topics import TopicSpec, ensure_topic
-from tests.conftest import ApiServer, alembic, free_port
+from tests.conftest import ApiServer, alembic
 from tests.e2e.conftest import RelayProcess, TopicReader, report
 from tests.e2e.load import LoadResult, run_load
 from tests.stream.sse_client import SseClient
@@ -179,8 +179,7 @@ def test_postgres_restart_is_503_then_recovers_and_the_relay_resumes(own_postgre
 
 
 def test_api_restart_sse_resumes_without_gap(e2e_env, e2e_relay, tmp_path):
-    port = free_port()
-    api = ApiServer(e2e_env, tmp_path, port=port).start()
+    api = ApiServer(e2e_env, tmp_path).start()
     tenant = str(uuid.uuid4())
     created = []
 
