@@ -18,19 +18,32 @@ Guarantees:
 - Back-pressure unchanged: only the head, a few hundred bytes, is ever held; bodies go straight
   to the transport, which pauses the writer as before.
 
-Run with `uvicorn api.main:app --loop uvloop --http api.http_protocol:HttpToolsProtocol`; every
-launcher in the repository takes these flags from UVICORN_SERVING below.
+- Every way of writing or ending the stream goes through the hold: `write`, `writelines`,
+  `write_eof`, `close`, `abort`. Any other transport method that sends bytes would bypass it, so
+  the wrapper refuses to forward one it does not know (AttributeError), rather than reorder.
+- Built for uvicorn's httptools protocol as of uvicorn 0.54 (the pinned version): the protocol's
+  internals it hooks (`connection_made`, `on_headers_complete`, `cycle`, `eof_received`) are not
+  public API, so importing this module under another uvicorn release fails at once.
+
+`python -m api` (api/__main__.py) serves the API with this protocol.
 """
 from __future__ import annotations
 
 import asyncio
 
+import uvicorn
 from uvicorn.protocols.http import httptools_impl
 
-UVICORN_HTTP = "api.http_protocol:HttpToolsProtocol"
-# How the API is served wherever it runs (stack, tests, benchmarks): the options that make a
-# measurement or a test see the production server. The Dockerfile spells out the same.
-UVICORN_SERVING = ("--loop", "uvloop", "--http", UVICORN_HTTP, "--no-access-log")
+BUILT_FOR_UVICORN = "0.54."
+if not uvicorn.__version__.startswith(BUILT_FOR_UVICORN):
+    raise ImportError(f"api.http_protocol hooks uvicorn {BUILT_FOR_UVICORN}x internals, found uvicorn "
+                      f"{uvicorn.__version__}: re-check HttpToolsProtocol against it, then update BUILT_FOR_UVICORN")
+
+# The transport's own read-only and flow-control methods, forwarded as they are. Anything else
+# (a new way to send bytes in a future asyncio or uvloop) must be wrapped before it is used.
+_FORWARDED = frozenset({"is_closing", "get_extra_info", "pause_reading", "resume_reading", "is_reading",
+                        "set_write_buffer_limits", "get_write_buffer_size", "get_write_buffer_limits",
+                        "can_write_eof", "set_protocol", "get_protocol"})
 
 
 class HeadHoldingTransport:
@@ -61,6 +74,20 @@ class HeadHoldingTransport:
             return
         self._transport.write(data)
 
+    def writelines(self, chunks) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._transport.writelines((held, *chunks))
+            return
+        if self._hold_next:  # a head in pieces is still a head: hold it whole
+            self.write(b"".join(chunks))
+            return
+        self._transport.writelines(chunks)
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
     def flush(self) -> None:
         if self._held is not None:
             held, self._held = self._held, None
@@ -75,7 +102,10 @@ class HeadHoldingTransport:
         self._held = None
         self._transport.abort()
 
-    def __getattr__(self, name):  # is_closing, get_extra_info, pause_reading, …: the transport's own
+    def __getattr__(self, name):
+        if name not in _FORWARDED:
+            raise AttributeError(f"HeadHoldingTransport does not forward {name!r}: it could bypass a held "
+                                 "head; wrap it in api/http_protocol.py first")
         return getattr(self._transport, name)
 
 

@@ -138,6 +138,12 @@ class _FakeTransport:
     def writelines(self, chunks):
         self.log.append(("write", b"".join(chunks)))
 
+    def write_eof(self):
+        self.log.append(("eof",))
+
+    def get_write_buffer_size(self):
+        return 0
+
     def close(self):
         self.log.append(("close",))
         self.closing = True
@@ -224,3 +230,45 @@ def test_abort_drops_what_is_held(holding):
     t.abort()
     _one_turn(loop)
     assert fake.log == [("abort",)]
+
+
+def test_writelines_goes_after_the_held_head_in_one_send(holding):
+    loop, fake, t = holding
+    t.writelines([b"BO", b"DY"])
+    assert fake.log == [("write", b"HEADBODY")]
+
+
+def test_a_head_written_in_pieces_is_held_whole(wrapped):
+    loop, fake, t = wrapped
+    t.hold_next_write()
+    t.writelines([b"HE", b"AD"])
+    assert fake.log == []
+    t.write(b"BODY")
+    assert fake.log == [("write", b"HEADBODY")]
+
+
+def test_write_eof_sends_the_held_head_first(holding):
+    loop, fake, t = holding
+    t.write_eof()
+    assert fake.log == [("write", b"HEAD"), ("eof",)]
+
+
+def test_known_read_only_methods_are_forwarded_and_unknown_ones_refused(wrapped):
+    loop, fake, t = wrapped
+    assert t.get_write_buffer_size() == 0
+    with pytest.raises(AttributeError, match="could bypass a held head"):
+        t.sendfile  # noqa: B018 - a transport method this wrapper does not know
+
+
+def test_the_protocol_refuses_another_uvicorn_release(monkeypatch):
+    import importlib
+
+    import uvicorn
+
+    import api.http_protocol as module
+
+    monkeypatch.setattr(uvicorn, "__version__", "0.99.0")
+    with pytest.raises(ImportError, match="found uvicorn 0.99.0"):
+        importlib.reload(module)
+    monkeypatch.undo()
+    importlib.reload(module)
