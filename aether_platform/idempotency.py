@@ -31,35 +31,41 @@ import orjson
 from aether_platform.inserts import Insert
 
 MAX_KEY_LENGTH = 200  # the seed's column is VARCHAR(200)
-# RFC 8941 sf-string characters (printable ASCII); the draft sends the key as a quoted sf-string,
-# and many clients send it bare: both are accepted, the quotes are not part of the key. A bare key
-# may not contain a double quote, so that `"abc` is an error rather than a different key.
-_SF_STRING_BODY = re.compile(r'^(?:[\x20-\x21\x23-\x5b\x5d-\x7e]|\\["\\])*$')
-_BARE_KEY = re.compile(r'^[\x21\x23-\x7e]+$')
+# The key's grammar, written once: RFC 8941 sf-string characters (printable ASCII). The draft sends
+# the key as a quoted sf-string and many clients send it bare: both are accepted, the quotes are
+# not part of the key. A bare key may not contain a double quote, so that `"abc` is an error rather
+# than a different key. An escape pair decodes to one character, so both forms hold 1-200.
+_BARE_CHAR = r'[!#-~]'
+_SF_UNIT = r'(?:[ !#-\[\]-~]|\\["\\])'
+# The whole grammar as one regex: the API documents and enforces it on the header (api/deps.py).
+KEY_PATTERN = rf'^(?:{_BARE_CHAR}{{1,{MAX_KEY_LENGTH}}}|"{_SF_UNIT}{{1,{MAX_KEY_LENGTH}}}")$'
+_SF_STRING_BODY = re.compile(rf'^{_SF_UNIT}*$')
+_BARE_KEY = re.compile(rf'^{_BARE_CHAR}+$')
 
 # Headers that are part of the stored response and replayed verbatim.
 REPLAYED_HEADERS = ("content-type", "location")
 
 
-class KeyError_(ValueError):
+class IdempotencyKeyError(ValueError):
     """The Idempotency-Key header is missing or malformed (400)."""
 
 
 def parse_key(raw: str | None) -> str:
+    """The key a header carries, unquoted; IdempotencyKeyError names what is wrong with it."""
     if raw is None:
-        raise KeyError_("The Idempotency-Key header is required on POST, PATCH and DELETE.")
+        raise IdempotencyKeyError("The Idempotency-Key header is required on POST, PATCH and DELETE.")
     value = raw.strip()
     if len(value) >= 2 and value[0] == value[-1] == '"':
         inner = value[1:-1]
         if not _SF_STRING_BODY.match(inner):
-            raise KeyError_("Idempotency-Key is not a valid structured-field string.")
+            raise IdempotencyKeyError("Idempotency-Key is not a valid structured-field string.")
         value = re.sub(r'\\(["\\])', r"\1", inner)
     elif not _BARE_KEY.match(value or "\x00"):
-        raise KeyError_("Idempotency-Key must be printable ASCII without spaces or control characters.")
+        raise IdempotencyKeyError("Idempotency-Key must be printable ASCII without spaces or control characters.")
     if not value:
-        raise KeyError_("Idempotency-Key must not be empty.")
+        raise IdempotencyKeyError("Idempotency-Key must not be empty.")
     if len(value) > MAX_KEY_LENGTH:
-        raise KeyError_(f"Idempotency-Key must be at most {MAX_KEY_LENGTH} characters.")
+        raise IdempotencyKeyError(f"Idempotency-Key must be at most {MAX_KEY_LENGTH} characters.")
     return value
 
 

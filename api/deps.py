@@ -16,13 +16,6 @@ from api.problems import Problem
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
-# Header problems answer 400, not FastAPI's 422: a missing or malformed tenant or key is a bad
-# request, not a bad body. api.problems maps validation errors on these headers to 400.
-BAD_REQUEST_HEADERS = ("X-Tenant-Id", "Idempotency-Key")
-
-# The documented shape of a key: a bare token, or an RFC 8941 quoted string.
-KEY_PATTERN = r'^(?:[!#-~]{1,200}|"(?:[ !#-\[\]-~]|\\["\\]){1,200}")$'
-
 
 async def tenant_id(request: Request,
               x_tenant_id: Annotated[str, Header(alias="X-Tenant-Id", description="Tenant UUID",
@@ -39,12 +32,12 @@ async def tenant_id(request: Request,
 
 
 async def idempotency_key(idempotency_key: Annotated[str, Header(
-        alias="Idempotency-Key", pattern=KEY_PATTERN,
+        alias="Idempotency-Key", pattern=idempotency.KEY_PATTERN,
         description="Unique per logical request; 1-200 printable ASCII characters, "
                     "optionally as a quoted structured-field string")]) -> str:
     try:
         return idempotency.parse_key(idempotency_key)
-    except idempotency.KeyError_ as exc:
+    except idempotency.IdempotencyKeyError as exc:
         raise Problem(400, "Invalid Idempotency-Key", str(exc)) from None
 
 

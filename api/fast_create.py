@@ -23,12 +23,12 @@ import orjson
 from pydantic import ValidationError
 
 from aether_platform import idempotency
-from api.deps import KEY_PATTERN, valid_traceparent
+from api.deps import valid_traceparent
 from api.limits import replay_body
 from api.problems import DATABASE_UNAVAILABLE, database_unavailable
 from api.routers.resources import CREATES, CreateRecipe, perform_write
 
-_KEY = re.compile(KEY_PATTERN)
+_KEY = re.compile(idempotency.KEY_PATTERN)
 _WANTED = {b"x-tenant-id", b"idempotency-key", b"content-type", b"traceparent"}
 
 
@@ -75,7 +75,7 @@ def _accept(scope, body: bytes, recipe: CreateRecipe):
         key = idempotency.parse_key(raw_key)
         data = orjson.loads(body)
         model = recipe.model.model_validate(data)
-    except (KeyError, ValueError, ValidationError, idempotency.KeyError_):
+    except (KeyError, ValueError, ValidationError, idempotency.IdempotencyKeyError):
         return None  # orjson's and pydantic's errors are ValueErrors too
     principal = scope.get("state", {}).get("principal")
     if principal is not None and principal.tenant_id != tenant:
