@@ -47,19 +47,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     config = uvicorn.Config(args.app, factory=args.factory, host=args.host, port=args.port, workers=args.workers,
                             backlog=args.backlog, log_level=args.log_level, **SERVING)
-    server = uvicorn.Server(config)
     if args.fd is None:
         sock = config.bind_socket()
     else:
         # uvicorn's own --fd assumes a UNIX socket; this one is TCP, and its family is read from it.
         sock = socket.socket(fileno=args.fd)
     if config.workers > 1:
-        Multiprocess(config, target=server.run, sockets=[sock]).run()
+        Multiprocess(config, sockets=[sock]).run()
         return
+    server = uvicorn.Server(config)
     server.run(sockets=[sock])
     if not server.started:  # the app's startup failed: say so in the exit code, as uvicorn.run does
         sys.exit(3)
-
 
 if __name__ == "__main__":
     main()
