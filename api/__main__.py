@@ -60,5 +60,6 @@ def main(argv: list[str] | None = None) -> None:
     if not server.started:  # the app's startup failed: say so in the exit code, as uvicorn.run does
         sys.exit(3)
 
+
 if __name__ == "__main__":
     main()
