@@ -28,7 +28,7 @@ class Settings(BaseSettings):
 
     idempotency_ttl_seconds: int = Field(24 * 3600, alias="AETHER_IDEMPOTENCY_TTL_SECONDS")
     max_body_bytes: int = Field(64 * 1024, alias="AETHER_MAX_BODY_BYTES")
-    # POST creates served without FastAPI's routing layers (api.fast_create); off = every request
+    # POST creates solved without FastAPI's dependency machinery (api.fast_create); off = every request
     # takes the routed path, with the same answers and about twice the CPU per create.
     api_fast_create: bool = Field(True, alias="AETHER_API_FAST_CREATE")
     db_pool_min: int = Field(2, alias="AETHER_DB_POOL_MIN")

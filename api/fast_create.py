@@ -1,94 +1,107 @@
-"""The create endpoints' fast path: POST /api/crm/{accounts,contacts,jobs} served without
-FastAPI's routing, dependency solving and body handling.
+"""The create endpoints' fast path: FastCreateRoute, the route class of POST
+/api/crm/{accounts,contacts,jobs}, which solves a create's inputs without FastAPI's dependency
+machinery and body handling.
 
-Why: profiled under load, those layers cost more CPU than the write itself (about 0.7 of the
-2 ms a create took on one core), and a create is the API's hot path.
+Why: profiled under load, FastAPI's request handling cost more CPU than the write itself, and a
+create is the API's hot path.
 
-What it serves: only requests it can answer exactly as the FastAPI route would, i.e. a JSON body
-the route's model accepts and well-formed X-Tenant-Id and Idempotency-Key headers (agreeing with
-the token's tenant when authentication is on). Anything else passes, body untouched, to the
-FastAPI route, which stays the single definition of every validation answer and of the OpenAPI
-document. Past validation both take the same code, api.routers.resources.perform_write, so a
-fast answer and a routed one are the same bytes; tests/api/test_fast_create.py holds them to it.
+What it keeps from the route, so that a create has one definition:
+- Routing, the middlewares and the exception handlers are untouched: FastAPI routes the request to
+  this route as to any other, so the metrics label is the route's own and authentication, limits
+  and problem answers apply alike.
+- The inputs come from the route itself (`route.dependant`): one JSON body model, the request, and
+  dependencies that are all in api.deps.HEADER_RULES, whose rule functions are the ones FastAPI's
+  dependencies call. A route with any other input (another dependency, a query, path or cookie
+  parameter) is served by FastAPI alone, and says so in the log at startup: a check added to the
+  create route is never skipped.
+- What it solves, it hands to the route's own endpoint: what a create does is written once.
+- A request that any rule or the body model refuses goes to FastAPI's handler with its body
+  untouched (cached on the Request), and gets FastAPI's answer: errors and OpenAPI have one
+  definition. tests/api/test_fast_create.py compares servers with and without it, answer for answer.
 
-It sits inside the app's own middlewares (metrics, errors, authentication, request limits), so
-those apply to it as to every route.
+AETHER_API_FAST_CREATE=off turns it off.
 """
 from __future__ import annotations
 
-import re
-import uuid
+import logging
 
 import orjson
-from pydantic import ValidationError
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ValidationError
 
-from aether_platform import idempotency
-from api.deps import valid_traceparent
-from api.limits import replay_body
-from api.problems import DATABASE_UNAVAILABLE, database_unavailable
-from api.routers.resources import CREATES, CreateRecipe, perform_write
+from api.deps import HEADER_RULES
+from api.problems import Problem
 
-_KEY = re.compile(idempotency.KEY_PATTERN)
-_WANTED = {b"x-tenant-id", b"idempotency-key", b"content-type", b"traceparent"}
+log = logging.getLogger("aether.api.fast_create")
+
+_JSON = "application/json"
 
 
-class FastCreate:
-    def __init__(self, app, state):
-        self.app = app
-        self.state = state  # the FastAPI app's state: settings, pool, write limiter
+class FastCreateRoute(APIRoute):
+    def get_route_handler(self):
+        routed = super().get_route_handler()
+        plan = _plan(self)
+        if plan is None:
+            log.warning("%s %s: inputs the fast path cannot solve; FastAPI serves every request",
+                        ",".join(sorted(self.methods)), self.path)
+            return routed
+        endpoint = self.endpoint
 
-    async def __call__(self, scope, receive, send):
-        recipe = CREATES.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
-        if recipe is None:
-            return await self.app(scope, receive, send)
-        body = await _read_body(receive)
-        if body is None:
-            return  # the client went away
-        accepted = _accept(scope, body, recipe)
-        if accepted is None:
-            return await self.app(scope, replay_body(body, receive), send)
-        tenant, key, data, model, trace = accepted
-        scope["route"] = recipe.route  # the metrics label, as routing would have set it
-        path = scope["path"]
+        async def handler(request):
+            if request.app.state.settings.api_fast_create:
+                inputs = await plan.solve(request)
+                if inputs is not None:
+                    return await endpoint(**inputs)
+            return await routed(request)
+
+        return handler
+
+
+class _Plan:
+    """How to solve one route's inputs: (parameter, header, rule) per dependency, the body's
+    parameter and model, and the request's parameter."""
+
+    def __init__(self, rules, body_name: str, model: type[BaseModel], request_name: str | None):
+        self.rules = rules
+        self.body_name = body_name
+        self.model = model
+        self.request_name = request_name
+        self.wanted = {header for _, header, _ in rules} | {b"content-type"}
+
+    async def solve(self, request) -> dict | None:
+        """The endpoint's arguments, or None when FastAPI must answer."""
+        scope = request.scope
+        raw: dict[bytes, str] = {}
+        for name, value in scope["headers"]:
+            if name in self.wanted and name not in raw:  # the first of repeated headers, as Starlette reads them
+                raw[name] = value.decode("latin-1")
+        if raw.get(b"content-type", "").partition(";")[0].strip().lower() != _JSON:
+            return None
+        inputs = {}
         try:
-            response = await perform_write(self.state, "POST", path, tenant, key, data,
-                                           recipe.command(tenant, model, trace), 202, recipe.spec.name,
-                                           recipe.location)
-        except DATABASE_UNAVAILABLE as exc:
-            response = database_unavailable("POST", path, exc)
-        await response(scope, receive, send)
-
-
-def _accept(scope, body: bytes, recipe: CreateRecipe):
-    """(tenant, key, json, model, traceparent) when the route would accept the request, else None."""
-    headers: dict[bytes, str] = {}
-    for name, value in scope["headers"]:
-        if name in _WANTED and name not in headers:  # the first of repeated headers, as Starlette reads them
-            headers[name] = value.decode("latin-1")
-    if headers.get(b"content-type", "").partition(";")[0].strip().lower() != "application/json":
-        return None
-    try:
-        tenant = uuid.UUID(headers[b"x-tenant-id"])
-        raw_key = headers[b"idempotency-key"]
-        if not _KEY.match(raw_key):
+            for param, header, rule in self.rules:
+                inputs[param] = rule(raw.get(header), scope)
+            inputs[self.body_name] = self.model.model_validate(orjson.loads(await request.body()))
+        except (Problem, ValueError, ValidationError):  # orjson's and pydantic's errors are ValueErrors too
             return None
-        key = idempotency.parse_key(raw_key)
-        data = orjson.loads(body)
-        model = recipe.model.model_validate(data)
-    except (KeyError, ValueError, ValidationError, idempotency.IdempotencyKeyError):
-        return None  # orjson's and pydantic's errors are ValueErrors too
-    principal = scope.get("state", {}).get("principal")
-    if principal is not None and principal.tenant_id != tenant:
+        if self.request_name:
+            inputs[self.request_name] = request
+        return inputs
+
+
+def _plan(route: APIRoute) -> _Plan | None:
+    d = route.dependant
+    if (d.path_params or d.query_params or d.header_params or d.cookie_params or len(d.body_params) != 1
+            or d.http_connection_param_name or d.websocket_param_name or d.response_param_name
+            or d.background_tasks_param_name or d.security_scopes_param_name):
         return None
-    return tenant, key, data, model, valid_traceparent(headers.get(b"traceparent"))
-
-
-async def _read_body(receive) -> bytes | None:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
+    body = d.body_params[0]
+    model = body.field_info.annotation
+    if getattr(body.field_info, "embed", False) or not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return None
+    rules = []
+    for dep in d.dependencies:
+        if dep.call not in HEADER_RULES or dep.name is None:
             return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+        rules.append((dep.name, *HEADER_RULES[dep.call]))
+    return _Plan(rules, body.name, model, d.request_param_name)

@@ -3,13 +3,11 @@ contacts and jobs share one tested implementation of create, read, list, patch a
 
 import math
 import uuid
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Callable
+from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.routing import APIRoute
 from fastapi.responses import Response
 from pydantic import BaseModel
 
@@ -18,6 +16,7 @@ from aether_platform.idempotency import IdempotentRequest, Verdict
 from api import schemas
 from api.db import checkout
 from api.deps import idempotency_key, tenant_id, traceparent
+from api.fast_create import FastCreateRoute
 from api.metrics import IDEMPOTENCY_CONFLICTS, IDEMPOTENCY_REPLAYS, OUTBOX_WRITE_BY_AGGREGATE
 from api.problems import Problem, problem_response
 
@@ -33,18 +32,17 @@ Key = Annotated[str, Depends(idempotency_key)]
 Trace = Annotated[str | None, Depends(traceparent)]
 
 
-async def perform_write(state, method: str, path: str, tenant: uuid.UUID, key: str, body: object,
-                        command: crm.Command, status_code: int, aggregate: str, location=None) -> Response:
-    """One write, from the rate limit to the answer. Shared by the routes below and by the create
-    fast path (api.fast_create), so that both answer alike. `body` is the parsed JSON body, for
-    the idempotency fingerprint."""
+async def run_write(request: Request, tenant: uuid.UUID, key: str, command: crm.Command, status_code: int,
+                    aggregate: str, location=None) -> Response:
+    """One write, from the rate limit to the answer."""
+    state, method, path = request.app.state, request.method, request.scope["path"]
     wait = state.write_limiter.acquire(tenant)
     if wait:
         return problem_response(429, "Too Many Requests", "This tenant's write rate is over its limit; retry later.",
                                 instance=path, headers={"Retry-After": str(max(1, math.ceil(wait)))})
     req = IdempotentRequest(
         tenant_id=tenant, key=key, method=method, path=path,
-        fingerprint=idempotency.fingerprint(method, path, body),
+        fingerprint=idempotency.fingerprint(method, path, await _json_body(request)),
         ttl=timedelta(seconds=state.settings.idempotency_ttl_seconds))
     try:
         # A create first tries its one-statement write; anything that leaves open (a replay, a
@@ -75,32 +73,17 @@ async def perform_write(state, method: str, path: str, tenant: uuid.UUID, key: s
                             instance=path)
 
 
-async def run_write(request: Request, tenant: uuid.UUID, key: str, command: crm.Command, status_code: int,
-                    aggregate: str, location=None) -> Response:
+async def _json_body(request: Request) -> object:
+    """The body as the idempotency fingerprint compares it: parsed JSON (canonical, so that key
+    order and spacing do not make a different request)."""
     raw = await request.body()
-    return await perform_write(request.app.state, request.method, request.url.path, tenant, key,
-                               orjson.loads(raw) if raw else None, command, status_code, aggregate, location)
+    return orjson.loads(raw) if raw else None
 
 
 def _columns(spec: crm.AggregateSpec, body: BaseModel, only_set: bool) -> dict:
     by_api = {f.api: f.column for f in spec.fields}
     data = body.model_dump(by_alias=True, exclude_unset=only_set)
     return {by_api[k]: v for k, v in data.items()}
-
-
-@dataclass(frozen=True)
-class CreateRecipe:
-    """What a create route needs beyond the HTTP layer; api.fast_create serves the same routes."""
-    spec: crm.AggregateSpec
-    model: type[BaseModel]
-    location: Callable[[dict], str]
-    route: APIRoute
-
-    def command(self, tenant: uuid.UUID, body: BaseModel, trace: str | None) -> crm.Command:
-        return crm.create(self.spec, tenant, _columns(self.spec, body, only_set=False), trace)
-
-
-CREATES: dict[str, CreateRecipe] = {}  # by path, e.g. "/api/crm/jobs"
 
 
 def resource_router(spec: crm.AggregateSpec, plural: str, create_model: type[BaseModel], patch_model: type[BaseModel],
@@ -111,13 +94,14 @@ def resource_router(spec: crm.AggregateSpec, plural: str, create_model: type[Bas
     def location(resource: dict) -> str:
         return f"/api/crm/{plural}/{resource['id']}"
 
-    @router.post("", status_code=202, summary=f"Create a {noun}", response_model=out_model,
-                 responses=WRITE_ERRORS, operation_id=f"create_{noun}")
     async def create(body: create_model, request: Request, tenant: Tenant, key: Key, trace: Trace):  # type: ignore[valid-type]
-        return await run_write(request, tenant, key, recipe.command(tenant, body, trace), 202, spec.name, location)
+        command = crm.create(spec, tenant, _columns(spec, body, only_set=False), trace)
+        return await run_write(request, tenant, key, command, 202, spec.name, location)
 
-    route = next(r for r in router.routes if getattr(r, "endpoint", None) is create)
-    recipe = CREATES[route.path] = CreateRecipe(spec, create_model, location, route)
+    # The hot path: FastCreateRoute solves this route's own inputs without FastAPI's machinery.
+    router.add_api_route("", create, methods=["POST"], status_code=202, summary=f"Create a {noun}",
+                         response_model=out_model, responses=WRITE_ERRORS, operation_id=f"create_{noun}",
+                         route_class_override=FastCreateRoute)
 
     @router.get("/{item_id}", summary=f"Read a {noun}", response_model=out_model, responses=READ_ERRORS,
                 operation_id=f"get_{noun}")

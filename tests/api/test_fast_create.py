@@ -1,9 +1,10 @@
-"""The create fast path (api.fast_create) answers exactly as the routed FastAPI endpoint would.
+"""The create fast path (api.fast_create) answers exactly as FastAPI's handling of the same route would.
 
 Two real API servers on one database: the default one (fast path on) and one with
 AETHER_API_FAST_CREATE=off. Whatever the fast path declines must reach the route untouched, and
 whatever it serves must be interchangeable with the route's answer (same replay bytes, same
-errors). The in-process tests show that it does serve valid creates itself and declines the rest.
+errors). The in-process tests show that it serves valid creates itself, declines the rest, and
+steps aside for a route with any input it cannot solve.
 """
 from __future__ import annotations
 
@@ -17,8 +18,18 @@ import orjson
 import psycopg
 import pytest
 
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
 from aether_platform import idempotency
 from aether_platform.db_url import libpq_url
+from api import problems
+from api.deps import idempotency_key, tenant_id, traceparent
+from api.fast_create import FastCreateRoute
+from api.problems import Problem
 from tests.api.conftest import headers, new_key, outbox_rows
 from tests.conftest import ApiServer
 
@@ -141,65 +152,76 @@ def test_a_record_committed_during_the_one_statement_write_is_replayed(api_serve
     assert outbox_rows(db, tenant) == []
 
 
-# ---- in process: which requests the fast path serves itself ------------------------------------
+# ---- in process: the route's own definition decides what the fast path may serve ---------------
 
-def _run_fast_create(database_url: str, request_headers: list[tuple[bytes, bytes]], body: bytes):
-    """Drive FastCreate with one request; returns (status or None, what the downstream app got)."""
-    from psycopg_pool import AsyncConnectionPool
-
-    from api.rate_limit import TenantRateLimiter
-    from aether_platform.settings import get_settings
-    from api.db import StatementPool
-    from api.fast_create import FastCreate
-
-    downstream: dict = {}
-
-    async def routed_app(scope, receive, send):
-        downstream["body"] = (await receive())["body"]
-
-    async def main():
-        pool = AsyncConnectionPool(libpq_url(database_url), min_size=1, max_size=1, open=False,
-                                   kwargs={"autocommit": True})
-        await pool.open(wait=True)
-        statements = StatementPool(libpq_url(database_url), max_size=1)
-        await statements.open()
-        state = type("State", (), {"settings": get_settings(), "pool": pool, "statements": statements,
-                                   "write_limiter": TenantRateLimiter(0, 1)})()
-        sent: list = []
-        messages = [{"type": "http.request", "body": body, "more_body": False}]
-
-        async def receive():
-            return messages.pop(0) if messages else {"type": "http.disconnect"}
-
-        async def send(message):
-            sent.append(message)
-
-        scope = {"type": "http", "method": "POST", "path": "/api/crm/jobs", "headers": request_headers,
-                 "query_string": b"", "state": {}}
-        try:
-            await FastCreate(routed_app, state)(scope, receive, send)
-        finally:
-            await statements.close()
-            await pool.close()
-        return sent[0]["status"] if sent else None
-
-    return asyncio.run(main()), downstream
+class _Body(BaseModel):
+    model_config = {"extra": "forbid"}
+    title: str = Field(min_length=1)
 
 
-def test_the_fast_path_serves_a_valid_create_itself(database_url, db, tenant):
-    status, downstream = _run_fast_create(
-        database_url, [(b"content-type", b"application/json"), (b"x-tenant-id", tenant.encode()),
-                       (b"idempotency-key", new_key().encode())], orjson.dumps(JOB))
-    assert status == 202
-    assert downstream == {}
-    assert [r[0] for r in outbox_rows(db, tenant)] == ["JobCreated"]
+async def _refuse():
+    raise Problem(418, "Refused", "A check added to the create route.")
 
 
-def test_the_fast_path_hands_what_it_declines_to_the_route_unchanged(database_url, db, tenant):
-    body = b'{"title": "x", "colour": "red"}'
-    status, downstream = _run_fast_create(
-        database_url, [(b"content-type", b"application/json"), (b"x-tenant-id", tenant.encode()),
-                       (b"idempotency-key", new_key().encode())], body)
-    assert status is None
-    assert downstream == {"body": body}
-    assert outbox_rows(db, tenant) == []
+def _app(*extra_dependencies) -> FastAPI:
+    """A create-shaped route on FastCreateRoute: the same header dependencies as the CRM creates,
+    plus whatever a test adds to it."""
+    async def create(body: _Body, request: Request, tenant: Annotated[uuid.UUID, Depends(tenant_id)],
+                     key: Annotated[str, Depends(idempotency_key)],
+                     trace: Annotated[str | None, Depends(traceparent)]):
+        return JSONResponse({"tenant": str(tenant), "key": key, "title": body.title,
+                             "raw": (await request.body()).decode()}, status_code=202)
+
+    app = FastAPI()
+    app.state.settings = type("S", (), {"api_fast_create": True})()
+    problems.install(app)
+    app.router.add_api_route("/api/crm/things", create, methods=["POST"], route_class_override=FastCreateRoute,
+                             dependencies=[Depends(d) for d in extra_dependencies])
+    return app
+
+
+def _post(app: FastAPI, body: bytes, **extra):
+    from fastapi.testclient import TestClient
+
+    h = {"content-type": "application/json", "x-tenant-id": str(uuid.uuid4()), "idempotency-key": new_key(), **extra}
+    with TestClient(app) as client:
+        return client.post("/api/crm/things", content=body, headers=h)
+
+
+@pytest.fixture
+def fastapi_solves(monkeypatch) -> list:
+    """Records each request whose dependencies FastAPI's own machinery solved."""
+    import fastapi.routing
+
+    solved: list = []
+    original = fastapi.routing.solve_dependencies
+
+    async def counting(*args, **kwargs):
+        solved.append(kwargs.get("request"))
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(fastapi.routing, "solve_dependencies", counting)
+    return solved
+
+
+def test_the_fast_path_serves_a_valid_create_itself(fastapi_solves):
+    r = _post(_app(), b'{"title": "x"}', **{"idempotency-key": '"quoted-key"'})
+    assert r.status_code == 202
+    assert r.json()["key"] == "quoted-key" and r.json()["title"] == "x"
+    assert fastapi_solves == []
+
+
+def test_a_check_added_to_the_create_route_applies_to_every_create(fastapi_solves):
+    # a valid create, which the fast path would serve if the route had no other input
+    r = _post(_app(_refuse), b'{"title": "x"}')
+    assert r.status_code == 418
+    assert len(fastapi_solves) == 1
+
+
+@pytest.mark.parametrize("body,extra", [(b'{"title": "x", "colour": "red"}', {}),
+                                        (b'{"title": "x"}', {"x-tenant-id": "not-a-uuid"}),
+                                        (b'{"title": "x"}', {"content-type": "text/plain"})])
+def test_the_fast_path_hands_what_it_declines_to_the_route_unchanged(fastapi_solves, body, extra):
+    r = _post(_app(), body, **extra)
+    assert r.status_code in (400, 422) and r.headers["content-type"] == "application/problem+json"
+    assert len(fastapi_solves) == 1
