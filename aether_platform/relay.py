@@ -34,6 +34,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aether_platform.db_url import libpq_url
+from aether_platform.outbox_stats import OutboxStats, outbox_stats
 from aether_platform.settings import get_settings
 from aether_platform.topics import MAX_MESSAGE_BYTES
 
@@ -209,24 +210,6 @@ class Totals:
         self.failures += other.failures
         self.dead_lettered += other.dead_lettered
         self.batches += other.batches
-
-
-@dataclass(frozen=True)
-class OutboxStats:
-    pending: int
-    oldest_pending_age_seconds: float | None
-    dead_lettered: int
-
-
-def outbox_stats(conn: psycopg.Connection) -> OutboxStats:
-    """Pending (not dead-lettered) count and oldest age, and the dead-lettered count."""
-    row = conn.execute(
-        "SELECT count(*) FILTER (WHERE dead_lettered_at IS NULL),"
-        " extract(epoch FROM clock_timestamp() - min(occurred_at) FILTER (WHERE dead_lettered_at IS NULL)),"
-        " count(*) FILTER (WHERE dead_lettered_at IS NOT NULL)"
-        " FROM outbox_events WHERE published_at IS NULL").fetchone()
-    return OutboxStats(pending=row[0], oldest_pending_age_seconds=None if row[1] is None else float(row[1]),
-                       dead_lettered=row[2])
 
 
 def has_eligible(conn: psycopg.Connection) -> bool:

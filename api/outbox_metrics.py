@@ -1,4 +1,5 @@
-"""Relay and outbox metrics, read from PostgreSQL at scrape time.
+"""Relay and outbox metrics, read from PostgreSQL at scrape time (the statements, and what each
+figure means, are aether_platform.outbox_stats's).
 
 The relay runs inside short-lived Dagster runs, so no long-lived process holds its counters: it
 keeps its heartbeat and cumulative totals in `relay_status`, and the API's /metrics exports them,
@@ -17,25 +18,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from aether_platform import slo_spec as names
+from aether_platform.outbox_stats import (DEAD_LETTERED_SQL, OLDEST_PENDING_AGE_SQL, PENDING_COUNT_SQL,
+                                          RELAY_STATUS_SQL)
 
 log = logging.getLogger("aether.api.outbox_metrics")
 
 STATEMENT_TIMEOUT_MS = 500
 POOL_TIMEOUT_S = 1.0
 TOTAL_TIMEOUT_S = 2.0
-
-RELAY_SQL = """
-SELECT relay, extract(epoch FROM heartbeat_at)::float8, published_total, attempts_total,
-       failures_total, dead_lettered_total
-FROM relay_status ORDER BY relay"""
-# Both walk the partial index ix_outbox_events_pending; lowest id is the oldest pending event.
-PENDING_COUNT_SQL = "SELECT count(*) FROM outbox_events WHERE published_at IS NULL AND dead_lettered_at IS NULL"
-OLDEST_PENDING_SQL = """
-SELECT extract(epoch FROM now() - occurred_at)::float8 FROM outbox_events
-WHERE published_at IS NULL AND dead_lettered_at IS NULL ORDER BY id LIMIT 1"""
-# No index serves this one (dead letters are rare); it goes last so a timeout costs only itself.
-DEAD_LETTERED_SQL = "SELECT count(*) FROM outbox_events WHERE dead_lettered_at IS NOT NULL"
-
 
 @dataclass
 class RelayRow:
@@ -109,13 +99,13 @@ async def _read(pool, snapshot: Snapshot) -> None:
         async with conn.transaction():
             await conn.execute(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}")
             await conn.execute("SET LOCAL transaction_read_only = on")
-            relays = await _query(conn, RELAY_SQL)
+            relays = await _query(conn, RELAY_STATUS_SQL)
             if relays is not None:
                 snapshot.relays = [RelayRow(*r) for r in relays]
             pending = await _query(conn, PENDING_COUNT_SQL)
             if pending is not None:
                 snapshot.pending = pending[0][0]
-            oldest = await _query(conn, OLDEST_PENDING_SQL)
+            oldest = await _query(conn, OLDEST_PENDING_AGE_SQL)
             if oldest is not None:
                 snapshot.oldest_pending_age = max(0.0, oldest[0][0]) if oldest else 0.0
             dead = await _query(conn, DEAD_LETTERED_SQL)

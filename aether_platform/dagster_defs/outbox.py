@@ -7,6 +7,7 @@ import time
 import dagster as dg
 
 from aether_platform import relay as core
+from aether_platform.outbox_stats import OutboxStats, outbox_stats
 from aether_platform.dagster_defs.kafka_topic import ACTIVE, RELAY_KEY
 from aether_platform.dagster_defs.resources import CrmDatabase, KafkaCluster
 
@@ -29,12 +30,12 @@ def _max_pending_age() -> float:
     return float(os.environ.get("AETHER_OUTBOX_MAX_PENDING_AGE_SECONDS", "60"))
 
 
-def stats_metadata(stats: core.OutboxStats) -> dict:
+def stats_metadata(stats: OutboxStats) -> dict:
     return {"pending": stats.pending, "dead_lettered": stats.dead_lettered,
             "oldest_pending_age_seconds": round(stats.oldest_pending_age_seconds or 0.0, 3)}
 
 
-def _check_evaluations(stats: core.OutboxStats) -> list[dg.AssetCheckEvaluation]:
+def _check_evaluations(stats: OutboxStats) -> list[dg.AssetCheckEvaluation]:
     limit = _max_pending_age()
     age = stats.oldest_pending_age_seconds or 0.0
     return [
@@ -54,14 +55,14 @@ def _as_result(evaluation: dg.AssetCheckEvaluation) -> dg.AssetCheckResult:
                             "(60 s by default).")
 def oldest_pending_is_young(crm_db: CrmDatabase) -> dg.AssetCheckResult:
     with crm_db.connect() as conn:
-        return _as_result(_check_evaluations(core.outbox_stats(conn))[0])
+        return _as_result(_check_evaluations(outbox_stats(conn))[0])
 
 
 @dg.asset_check(asset=OUTBOX_KEY, name="no_dead_lettered_events",
                 description="No event sits in the dead-letter state (requeue them once the cause is fixed).")
 def no_dead_lettered_events(crm_db: CrmDatabase) -> dg.AssetCheckResult:
     with crm_db.connect() as conn:
-        return _as_result(_check_evaluations(core.outbox_stats(conn))[1])
+        return _as_result(_check_evaluations(outbox_stats(conn))[1])
 
 
 class RelayRunConfig(dg.Config):
@@ -82,7 +83,7 @@ class RelayRunConfig(dg.Config):
 )
 def outbox_relay(context: dg.AssetExecutionContext, config: RelayRunConfig, crm_db: CrmDatabase,
                  kafka: KafkaCluster) -> dg.MaterializeResult:
-    def observe(stats: core.OutboxStats, totals: core.Totals) -> None:
+    def observe(stats: OutboxStats, totals: core.Totals) -> None:
         context.log_event(dg.AssetObservation(asset_key=OUTBOX_KEY, metadata={
             **stats_metadata(stats), "run_published": totals.published, "run_failed": totals.failures}))
 
@@ -194,7 +195,7 @@ def outbox_relay_sensor(context: dg.SensorEvaluationContext, crm_db: CrmDatabase
 @dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Once a minute: observes crm/outbox_events and evaluates its checks, without a run.")
 def outbox_health_sensor(context: dg.SensorEvaluationContext, crm_db: CrmDatabase):
-    stats = core.outbox_stats(crm_db.shared_connection())
+    stats = outbox_stats(crm_db.shared_connection())
     return dg.SensorResult(asset_events=[dg.AssetObservation(asset_key=OUTBOX_KEY, metadata=stats_metadata(stats)),
                                          *_check_evaluations(stats)])
 
@@ -210,7 +211,7 @@ def requeue_dead_letters(context: dg.OpExecutionContext, config: RequeueConfig, 
         raise dg.Failure("give either event_ids or all: true")
     with crm_db.connect() as conn:
         n = core.requeue(conn, None if config.all else config.event_ids)
-        stats = core.outbox_stats(conn)
+        stats = outbox_stats(conn)
     context.log_event(dg.AssetObservation(asset_key=OUTBOX_KEY, metadata={**stats_metadata(stats), "requeued": n}))
     return n
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import uuid
 
 from aether_platform import outbox
-from aether_platform.relay import Relay, has_eligible, outbox_stats, requeue
+from aether_platform.outbox_stats import outbox_stats
+from aether_platform.relay import Relay, has_eligible, requeue
 from aether_platform.topics import MAX_MESSAGE_BYTES
 from tests.relay.conftest import assert_per_key_order, consume, write_events
 
