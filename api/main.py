@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from aether_platform.settings import get_settings
 from api import problems
 from api.db import make_pool, make_statement_pool
+from api.fast_create import FastCreate
 from api.kafka_health import KafkaProbe
 from api.stream import lifecycle as stream_lifecycle
 from api.limits import RequestLimits
@@ -61,7 +62,10 @@ def create_app() -> FastAPI:
     app.state.settings = settings
     app.state.write_limiter = TenantRateLimiter(settings.write_rate_per_tenant, settings.write_burst_per_tenant)
     # Middlewares wrap in reverse order of addition: metrics outermost (it counts 401s, 413s and
-    # 500s too), then the 500 safety net, then authentication, and innermost the request limits.
+    # 500s too), then the 500 safety net, then authentication, then the request limits, and
+    # innermost, just before routing, the create endpoints' fast path.
+    if settings.api_fast_create:
+        app.add_middleware(FastCreate)
     app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes,
                        max_header_bytes=settings.max_header_bytes, max_json_depth=settings.max_json_depth)
     app.add_middleware(Authentication, authenticator=auth.from_settings(settings),
