@@ -10,7 +10,7 @@ def test_protected_operations_require_the_bearer_scheme(secure_api):
     assert doc["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
     for path, operations in doc["paths"].items():
         for method, op in operations.items():
-            needs_token = path.startswith("/api/crm") or path in ("/metrics", "/crm-events")
+            needs_token = path.startswith(("/api/crm", "/ops/")) or path in ("/metrics", "/crm-events")
             assert (op.get("security") == [{"bearerAuth": []}]) == needs_token, (method, path)
     # What the document promises is what the server does.
     assert httpx.get(f"{secure_api.url}/api/crm/jobs").status_code == 401
