@@ -180,6 +180,8 @@ def test_dashboards_check_and_push():
     (("stack", "restart", "kafka", "--services", "postgres"), "not both"),
     (("stack", "down", "--services", "kafak"), "unknown service(s): kafak"),
     (("bench", "--list", "api_write"), "takes no names"),
+    (("dashboards", "check", "--url", "http://grafana.invalid"), "--url only apply to push"),
+    (("dashboards", "push", "--check"), "--check cannot be combined with push"),
 ])
 def test_an_option_the_command_cannot_honour_is_refused(args, says, tmp_path):
     """Never silently ignored: one line naming the problem, non-zero exit, nothing started or stopped."""
