@@ -1,8 +1,10 @@
 """Dagster code location: assembles the per-domain definitions. Thin shell over the core.
 
 The asset graph reads as the data flows: crm/outbox_events (CRM database) → outbox_relay →
-kafka/crm_events_topic. Every sensor and the schedule start RUNNING, so an event written through
-the API reaches Kafka without a click: outbox_relay_sensor keeps one relay going,
+kafka/crm_events, with kafka/crm_events_topic upstream of the relay because it must exist before
+anything publishes (Materialize all provisions it first and never waits behind a relay). Every
+sensor and the schedule start RUNNING, so an event written through the API reaches Kafka without a
+click: outbox_relay_sensor keeps one relay going,
 topic_provisioning_sensor materializes the topic asset once when the instance has never done so
 (the stack also ensures the topic on `up`), and the expiry schedule prunes idempotency keys.
 """
@@ -15,7 +17,8 @@ from aether_platform.dagster_defs.resources import CrmDatabase, KafkaCluster
 from aether_platform.settings import get_settings
 
 defs = dg.Definitions(
-    assets=[outbox.outbox_events, outbox.outbox_relay, kafka_topic.crm_events_topic, idempotency_keys.idempotency_keys],
+    assets=[outbox.outbox_events, outbox.outbox_relay, kafka_topic.crm_events_topic, kafka_topic.crm_events,
+            idempotency_keys.idempotency_keys],
     asset_checks=[outbox.oldest_pending_is_young, outbox.no_dead_lettered_events, kafka_topic.topic_matches_spec],
     jobs=[outbox.relay_streaming_job, outbox.relay_batch_job, outbox.requeue_dead_lettered_events,
           kafka_topic.provision_topic_job, idempotency_keys.expire_keys_job],

@@ -12,6 +12,9 @@ Guarantees:
   blocks on the lock, so a handover has no gap. The claim takes rows in id order and skips a row
   whose key has an earlier unpublished row that is blocked (dead-lettered or backing off); within
   a batch, once a key fails, its later rows are not produced.
+- A relay started with wait_for_lead=False (a manual Dagster materialization) never queues
+  behind a leader: it tries the lock once and, if another relay holds it, raises RelayBusy naming
+  the leader's run, having claimed nothing.
 - Poison isolation. A permanent error (e.g. a record over MAX_MESSAGE_BYTES, refused
   synchronously by produce()) counts against the event: retry_count + 1 and last_error, a
   per-event backoff, and after max_retries the dead-letter state. It blocks only its own key.
@@ -126,6 +129,31 @@ SUCCESSOR_WAITING_SQL = """
                    WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database()
                      AND l.classid = %s::oid AND l.objid = %s::oid AND l.objsubid = 2)
 """
+
+# The relay holding the leader lock, named by its session (SESSION_PREFIX + run id).
+LEADER_SQL = """
+    SELECT a.application_name FROM pg_locks l
+    JOIN pg_database d ON d.oid = l.database JOIN pg_stat_activity a ON a.pid = l.pid
+    WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()
+      AND l.classid = %s::oid AND l.objid = %s::oid AND l.objsubid = 2
+"""
+
+
+class RelayBusy(RuntimeError):
+    """Another relay leads; raised instead of waiting when the relay was told not to wait."""
+
+    def __init__(self, leader: str | None):
+        self.leader = leader
+        super().__init__(f"the outbox relay is led by run {leader or '(unknown: its session is not visible)'}")
+
+
+def leader_run(conn: psycopg.Connection) -> str | None:
+    """Run id of the relay that holds the leader lock, or None when no relay leads (or its
+    session is not visible to this role)."""
+    row = conn.execute(LEADER_SQL, LOCK_KEY).fetchone()
+    if row is None or not (row[0] or "").startswith(SESSION_PREFIX):
+        return None
+    return row[0][len(SESSION_PREFIX):]
 
 
 class RelayConfig(BaseSettings):
@@ -259,13 +287,16 @@ class Relay:
     lifetime has ended (and a successor took over or the grace ran out), or `stop()` was called."""
 
     def __init__(self, config: RelayConfig, mode: str = "batch", run_id: str | None = None,
-                 on_progress: Callable[[OutboxStats, Totals], None] | None = None):
+                 on_progress: Callable[[OutboxStats, Totals], None] | None = None,
+                 wait_for_lead: bool = True, on_lead: Callable[[], None] | None = None):
         if mode not in ("batch", "streaming"):
             raise ValueError(f"mode must be batch or streaming, not {mode!r}")
         self.config = config
         self.mode = mode
         self.run_id = run_id
         self.on_progress = on_progress
+        self.wait_for_lead = wait_for_lead
+        self.on_lead = on_lead
         self.totals = Totals()
         self._unflushed = Totals()
         self._stopping = False
@@ -348,17 +379,31 @@ class Relay:
 
     def _lead(self, conn: psycopg.Connection) -> bool:
         """Block until this relay holds the leader lock (True) or is stopped (False). Waits in
-        one-second lock waits so that stop() is honoured, and so a leader can see it waiting."""
+        one-second lock waits so that stop() is honoured, and so a leader can see it waiting.
+        Without wait_for_lead, tries once and raises RelayBusy if another relay leads."""
+        if not self.wait_for_lead:
+            if not conn.execute("SELECT pg_try_advisory_lock(%s, %s)", LOCK_KEY).fetchone()[0]:
+                leader = leader_run(conn)
+                conn.rollback()
+                raise RelayBusy(leader)
+            conn.commit()
+            self._led()
+            return True
         while not self._stopping:
             try:
                 conn.execute("SET LOCAL lock_timeout = '1s'")
                 conn.execute("SELECT pg_advisory_lock(%s, %s)", LOCK_KEY)
                 conn.commit()
-                log.info("relay %s leads (%s mode)", self.run_id, self.mode)
+                self._led()
                 return True
             except psycopg.errors.LockNotAvailable:
                 conn.rollback()
         return False
+
+    def _led(self) -> None:
+        log.info("relay %s leads (%s mode)", self.run_id, self.mode)
+        if self.on_lead:
+            self.on_lead()
 
     def _retire(self, conn: psycopg.Connection, overtime: float) -> bool:
         if overtime < 0:

@@ -34,24 +34,51 @@ def _stack(args) -> int:
 
     cfg = stack.Config()
     try:
+        services = _stack_services(args, stack)
         if args.action == "up":
-            services = stack.parse_services(args.services)
             if args.foreground:
                 return stack.foreground(cfg, services)
             stack.up(cfg, services)
             stack.print_urls(cfg, services)
         elif args.action == "down":
-            stack.down(cfg)
+            stack.down(cfg, services)
+        elif args.action == "restart":
+            stack.restart(cfg, services)
+            stack.print_urls(cfg, services)
         elif args.action == "status":
             for name, state in stack.status(cfg).items():
-                print(f"{name:<18} {state}")
+                if name in services:
+                    print(f"{name:<18} {state}")
         elif args.action == "env":
             for key, value in cfg.env().items():
                 print(f"export {key}={_shell_quote(value)}")
     except stack.StackError as exc:
         print(f"[stack] ERROR: {exc}", file=sys.stderr, flush=True)
         return 1
+    except _Refused as exc:
+        print(f"aether stack {args.action}: {exc}", file=sys.stderr, flush=True)
+        return 2
     return 0
+
+
+class _Refused(Exception):
+    """An option the action cannot honour: refused with one line, never silently ignored."""
+
+
+def _stack_services(args, stack) -> tuple[str, ...]:
+    """The services an action applies to, from `--services` or the positional names. Every
+    combination is either honoured or refused: `env` prints settings, not services; only `up`
+    can stay in the foreground; `restart` needs to be told what to restart."""
+    if args.foreground and args.action != "up":
+        raise _Refused("--foreground applies only to `up`")
+    if args.names and args.services:
+        raise _Refused("name the services either as arguments or with --services, not both")
+    spec = ",".join(args.names) if args.names else args.services
+    if args.action == "env" and spec:
+        raise _Refused("`env` prints the whole stack's settings; it takes no services")
+    if args.action == "restart" and not spec:
+        raise _Refused("name what to restart, e.g. `aether stack restart kafka` (or `all`)")
+    return stack.parse_services(spec)
 
 
 def _shell_quote(value: str) -> str:
@@ -107,6 +134,9 @@ def _bench(args) -> int:
     if not (REPO / "bench").is_dir():
         raise _checkout_missing("bench")
     if args.list:
+        if args.names:
+            print("aether bench: --list lists every benchmark; it takes no names", file=sys.stderr)
+            return 2
         print("\n".join(sorted(p.stem for p in (REPO / "bench").glob("*.py")
                                if not p.stem.startswith("_") and p.stem != "report")))
         return 0
@@ -153,9 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stack", help="start, stop and inspect the local stack",
                        description="Local stack: PostgreSQL, Kafka, Prometheus, the API and Dagster.")
-    p.add_argument("action", choices=["up", "down", "status", "env"])
+    p.add_argument("action", choices=["up", "down", "restart", "status", "env"],
+                   help="up/down/restart/status act on the named services (default: all; restart needs one)")
+    p.add_argument("names", nargs="*", metavar="SERVICE",
+                   help="services to act on, e.g. `restart kafka`; same as --services")
     p.add_argument("--services", help="comma list of services, or 'infra' (postgres,kafka,prometheus) or 'all'")
-    p.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops everything started")
+    p.add_argument("--foreground", action="store_true", help="(up only) stay attached; Ctrl-C stops everything started")
     p.set_defaults(func=_stack)
 
     p = sub.add_parser("migrate", help="apply or revert database migrations (Alembic)")

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from aether_platform.settings import get_settings
-from api import problems
+from api import docs, problems
 from api.db import make_pool, make_statement_pool
 from api.fast_create import FastCreate
 from api.kafka_health import KafkaProbe
@@ -55,6 +55,7 @@ def create_app() -> FastAPI:
         version="0.1.0",
         summary="Accounts, contacts and jobs; every write commits its outbox event in the same transaction.",
         lifespan=lifespan,
+        docs_url=None, redoc_url=None,  # api.docs serves /docs from the app itself
         # FastAPI's built-in OpenTelemetry hooks default to on and, with no provider configured,
         # still build spans and attributes on every request; /metrics is our telemetry.
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
@@ -76,6 +77,7 @@ def create_app() -> FastAPI:
     app.include_router(crm_events.router)
     for router in (resources.accounts, resources.contacts, resources.jobs):
         app.include_router(router)
+    docs.install(app, settings)
     return app
 
 

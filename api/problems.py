@@ -75,8 +75,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": allowed_methods(request.app, request.scope)}
         return problem_response(exc.status_code, _reason(exc.status_code), str(exc.detail) if exc.detail else None,
-                                instance=request.url.path, headers=getattr(exc, "headers", None))
+                                instance=request.url.path, headers=headers)
 
     async def _unavailable(request: Request, exc: Exception):
         return database_unavailable(request.method, request.url.path, exc)
@@ -121,6 +124,26 @@ class UnhandledErrors:
                 response = problem_response(500, "Internal Server Error", "The error was logged; retry later.",
                                             instance=scope.get("path"))
                 await response(scope, receive, send)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
+
+
+def allowed_methods(app, scope) -> str:
+    """Every method the app's routes serve at the request's path, for a 405's Allow header.
+
+    Why: Starlette answers 405 from the first route whose path matches and lists only that
+    route's methods (`Allow: POST` on /api/crm/jobs, which serves GET too); RFC 9110 §15.5.6 wants
+    them all. Derived from the routes, the one definition (api.fast_create serves only requests
+    its POST routes would accept), by asking each route whether it fully matches the path with
+    each method: included routers are opaque, but they answer matches()."""
+    from starlette.routing import Match
+
+    def served(method: str) -> bool:
+        probe = {**scope, "method": method}
+        return any(route.matches(probe)[0] is Match.FULL for route in app.routes)
+
+    return ", ".join(m for m in _METHODS if served(m))
 
 
 def _reason(status: int) -> str:

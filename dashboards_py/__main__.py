@@ -11,16 +11,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Shared with `aether dashboards` in api/cli.py."""
     parser.add_argument("action", nargs="?", choices=["build", "check", "push"], default="build")
     parser.add_argument("--check", action="store_true", help="exit 1 when the committed outputs are stale")
-    parser.add_argument("--url", default=os.environ.get("GRAFANA_URL"), help="Grafana base URL (push; env GRAFANA_URL)")
-    parser.add_argument("--token", default=os.environ.get("GRAFANA_TOKEN"),
-                        help="service-account token, sent as Bearer (push; env GRAFANA_TOKEN)")
+    parser.add_argument("--url", help="Grafana base URL (push; default: env GRAFANA_URL)")
+    parser.add_argument("--token", help="service-account token, sent as Bearer (push; default: env GRAFANA_TOKEN)")
     parser.add_argument("--folder-uid", help="Grafana folder uid (push; default: General)")
 
 
 def run(args: argparse.Namespace) -> int:
     from dashboards_py import build
 
+    # Every option honoured or refused: the push options mean nothing to build or check.
+    if args.check and args.action not in ("build", "check"):
+        print(f"dashboards_py: --check cannot be combined with {args.action}", file=sys.stderr)
+        return 2
     action = "check" if args.check else args.action
+    given = [flag for flag, value in (("--url", args.url), ("--token", args.token), ("--folder-uid", args.folder_uid))
+             if value is not None]
+    if given and action != "push":
+        print(f"dashboards_py: {', '.join(given)} only apply to push", file=sys.stderr)
+        return 2
     if action == "check":
         problems = build.stale()
         for p in problems:
@@ -41,12 +49,14 @@ def _push(args: argparse.Namespace) -> int:
     from dashboards_py import build
     from dashboards_py.push import PushError, push
 
-    if not args.url:
+    url = args.url or os.environ.get("GRAFANA_URL")
+    if not url:
         print("dashboards_py push: --url (or GRAFANA_URL) is required", file=sys.stderr)
         return 2
     dashboard = json.loads(build.outputs()[build.DASHBOARD])
     try:
-        answer = push(args.url, dashboard, token=args.token, folder_uid=args.folder_uid)
+        answer = push(url, dashboard, token=args.token or os.environ.get("GRAFANA_TOKEN"),
+                      folder_uid=args.folder_uid)
     except PushError as exc:
         print(f"dashboards_py push: {exc}", file=sys.stderr)
         return 1

@@ -665,13 +665,25 @@ def up(cfg: Config, services: tuple[str, ...] = ALL) -> None:
     say(f"up in {time.monotonic() - t0:.1f}s")
 
 
-def down(cfg: Config) -> None:
+def down(cfg: Config, services: tuple[str, ...] = ALL) -> None:
+    """Stop the given services (all by default), dependants first; the others keep running."""
     for name in reversed(ALL):
-        if name == "postgres":
+        if name not in services:
+            continue
+        if _is_external(cfg, name):
+            say(f"{name}: external, not stopped")
+        elif name == "postgres":
             stop_postgres(cfg)
         else:
             _stop_group(cfg, name)
-    say("down")
+    say("down" if set(services) >= set(ALL) else f"down: {', '.join(s for s in ALL if s in services)}")
+
+
+def restart(cfg: Config, services: tuple[str, ...]) -> None:
+    """Bounce the given services while the rest keep running: the API, Dagster and the relay
+    reconnect to a restarted PostgreSQL or Kafka on their own."""
+    down(cfg, services)
+    up(cfg, services)
 
 
 def status(cfg: Config) -> dict[str, str]:

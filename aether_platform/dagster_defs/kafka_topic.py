@@ -1,11 +1,17 @@
-"""The Kafka topic of CRM events as an asset: materializing it creates the topic if missing, and
-its checks report any drift from the declared spec (never fixed silently)."""
+"""The Kafka topic of CRM events as two assets: the topic itself (materializing it creates it if
+missing; its check reports any drift from the declared spec, never fixed silently) and the events
+on it (an observed spec fed by the relay).
+
+Why two: the relay needs the topic before it publishes, so for execution the topic is upstream of
+the relay (Materialize all provisions it first and never waits for a relay to finish); the data
+still reads outbox -> relay -> events on the topic, which is what kafka/crm_events shows."""
 import dagster as dg
 
 from aether_platform.dagster_defs.resources import KafkaCluster
 from aether_platform.topics import declared_topic, describe_topic, drift, ensure_topic
 
 TOPIC_KEY = dg.AssetKey(["kafka", "crm_events_topic"])
+EVENTS_KEY = dg.AssetKey(["kafka", "crm_events"])
 RELAY_KEY = dg.AssetKey(["outbox_relay"])
 # A canceling run may still be working, so it counts as active too.
 ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
@@ -21,18 +27,28 @@ def _state_metadata(state) -> dict:
 @dg.asset(
     key=TOPIC_KEY,
     group_name="kafka",
-    deps=[RELAY_KEY],
     kinds={"kafka"},
     description="The Kafka topic that carries CRM domain events (aetherlink.events unless AETHER_TOPIC says "
-                "otherwise), fed by the outbox relay. Materializing creates it with the declared partitions, "
-                "replication factor and configs when missing; an existing topic is left as it is and its "
-                "actual state is recorded as metadata.",
+                "otherwise). The relay publishes to it, so it is provisioned first. Materializing creates it "
+                "with the declared partitions, replication factor and configs when missing; an existing topic "
+                "is left as it is and its actual state is recorded as metadata.",
 )
 def crm_events_topic(kafka: KafkaCluster) -> dg.MaterializeResult:
     spec = declared_topic()
     result = ensure_topic(kafka.bootstrap_servers, spec)
     state = describe_topic(kafka.bootstrap_servers, spec.name)
     return dg.MaterializeResult(metadata={"action": result.action, **_state_metadata(state)})
+
+
+crm_events = dg.AssetSpec(
+    EVENTS_KEY,
+    group_name="kafka",
+    deps=[RELAY_KEY],
+    kinds={"kafka"},
+    description="The CRM events on the topic, as the outbox relay publishes them (one record per outbox row, "
+                "keyed by aggregate, in order per key). Not materialized: each relay run observes it with the "
+                "leading run, how many events it published and at what rate.",
+)
 
 
 @dg.asset_check(asset=TOPIC_KEY, name="matches_spec",

@@ -7,14 +7,16 @@ import time
 import dagster as dg
 
 from aether_platform import relay as core
+from aether_platform.dagster_defs.kafka_topic import ACTIVE, EVENTS_KEY, RELAY_KEY, TOPIC_KEY
 from aether_platform.outbox_stats import OutboxStats, outbox_stats
-from aether_platform.dagster_defs.kafka_topic import ACTIVE, RELAY_KEY
 from aether_platform.dagster_defs.resources import CrmDatabase, KafkaCluster
 
 OUTBOX_KEY = dg.AssetKey(["crm", "outbox_events"])
 LANE_TAG, LANE = "aether/lane", "outbox-relay"
 MODE_TAG = "aether/relay-mode"
 RETIRE_AT_TAG = "aether/relay-retire-at"  # epoch seconds at which a streaming run hands over
+ROLE_TAG = "aether/relay-role"  # leader, once the run holds the leader lock; refused, for a manual run
+REFUSED_BY_TAG = "aether/relay-refused-by"  # the leading run that a refused manual run left the outbox to
 
 outbox_events = dg.AssetSpec(
     OUTBOX_KEY,
@@ -66,36 +68,88 @@ def no_dead_lettered_events(crm_db: CrmDatabase) -> dg.AssetCheckResult:
 
 
 class RelayRunConfig(dg.Config):
-    mode: str = "streaming"
+    # Batch by default: a manual materialization (Materialize all) drains the outbox once and
+    # exits. The sensor's lane jobs set streaming explicitly.
+    mode: str = "batch"
     lifetime_seconds: float = 3600.0
     batch_size: int | None = None
+
+
+def relay_metadata(run_id: str, mode: str, stats: OutboxStats | None, published: int,
+                   seconds: float) -> dict:
+    """Who leads, how far behind it is (lag: age of the oldest pending event) and how fast it goes,
+    as the asset graph and the run page show them."""
+    meta = {"leader_run": dg.MetadataValue.dagster_run(run_id), "mode": mode, "published": published,
+            "events_per_second": round(published / seconds, 1) if seconds > 0 else 0.0}
+    if stats is not None:
+        meta.update({"lag_seconds": round(stats.oldest_pending_age_seconds or 0.0, 3), "pending": stats.pending})
+    return meta
 
 
 @dg.asset(
     key=RELAY_KEY,
     group_name="outbox_relay",
-    deps=[OUTBOX_KEY],
+    deps=[OUTBOX_KEY, TOPIC_KEY],
     kinds={"python"},
+    output_required=False,
     description="The outbox relay: claims pending outbox rows in id order, produces them to the CRM events topic "
-                "(idempotent, acks=all) and marks them published once acknowledged. Streaming mode lives for "
-                "lifetime_seconds, claiming at most every 20 ms unless a batch comes back full; batch mode drains and exits. A materialization "
-                "summarises one run; progress is observed on crm/outbox_events while it runs.",
+                "(idempotent, acks=all) and marks them published once acknowledged. outbox_relay_sensor keeps one "
+                "streaming relay leading (run tag aether/relay-role=leader); it lives for lifetime_seconds, "
+                "claiming at most every 20 ms unless a batch comes back full. A manual materialization (e.g. "
+                "Materialize all) runs in batch mode: it drains the outbox once and exits, or, while another "
+                "run leads, is refused at once (tag aether/relay-refused-by=<leading run>, a warning and an "
+                "observation naming that run) without materializing. Relay runs observe this asset every "
+                "few seconds with the leading run, its lag (oldest pending event's age) and throughput.",
 )
 def outbox_relay(context: dg.AssetExecutionContext, config: RelayRunConfig, crm_db: CrmDatabase,
-                 kafka: KafkaCluster) -> dg.MaterializeResult:
+                 kafka: KafkaCluster):
+    run_id = context.run.run_id
+    # The sensor's runs (one lane) hand over by waiting on the leader lock; any other run
+    # (Materialize all, a launchpad run) must never queue behind a leader for its lifetime.
+    lane = context.run.tags.get(LANE_TAG) == LANE
+    started = time.monotonic()
+    last = {"at": started, "published": 0}
+
     def observe(stats: OutboxStats, totals: core.Totals) -> None:
+        now = time.monotonic()
+        rate_meta = relay_metadata(run_id, config.mode, stats, totals.published - last["published"], now - last["at"])
+        last.update(at=now, published=totals.published)
         context.log_event(dg.AssetObservation(asset_key=OUTBOX_KEY, metadata={
             **stats_metadata(stats), "run_published": totals.published, "run_failed": totals.failures}))
+        context.log_event(dg.AssetObservation(asset_key=RELAY_KEY, metadata={
+            **rate_meta, "published": totals.published}))
+        context.log_event(dg.AssetObservation(asset_key=EVENTS_KEY, metadata={
+            "topic": kafka.topic, "leader_run": dg.MetadataValue.dagster_run(run_id),
+            "events_per_second": rate_meta["events_per_second"]}))
+
+    def on_lead() -> None:
+        context.instance.add_run_tags(run_id, {ROLE_TAG: "leader"})
 
     cfg = core.RelayConfig.from_env(dsn=crm_db.dsn, bootstrap=kafka.bootstrap_servers, topic=kafka.topic,
                                     batch_size=config.batch_size)
-    relay = core.Relay(cfg, mode=config.mode, run_id=context.run.run_id, on_progress=observe)
-    started = time.monotonic()
-    totals = relay.run(lifetime_seconds=config.lifetime_seconds if config.mode == "streaming" else None)
-    return dg.MaterializeResult(metadata={
-        "mode": config.mode, "published": totals.published, "attempts": totals.attempts,
-        "failed": totals.failures, "dead_lettered": totals.dead_lettered,
-        "seconds": round(time.monotonic() - started, 1)})
+    relay = core.Relay(cfg, mode=config.mode, run_id=run_id, on_progress=observe, wait_for_lead=lane,
+                       on_lead=on_lead)
+    try:
+        totals = relay.run(lifetime_seconds=config.lifetime_seconds if config.mode == "streaming" else None)
+    except core.RelayBusy as busy:
+        message = (f"Not relayed: {busy}, which is already publishing the outbox; this run leaves it to that "
+                   "run and exits without materializing outbox_relay.")
+        context.instance.add_run_tags(run_id, {ROLE_TAG: "refused", REFUSED_BY_TAG: busy.leader or "unknown"})
+        context.log.warning(message)
+        with crm_db.connect() as conn:
+            stats = outbox_stats(conn)
+        context.log_event(dg.AssetObservation(asset_key=RELAY_KEY, metadata={
+            "refused_run": dg.MetadataValue.dagster_run(run_id), "reason": message,
+            **({"leader_run": dg.MetadataValue.dagster_run(busy.leader)} if busy.leader else {}),
+            "lag_seconds": round(stats.oldest_pending_age_seconds or 0.0, 3), "pending": stats.pending}))
+        return
+    seconds = time.monotonic() - started
+    with crm_db.connect() as conn:
+        stats = outbox_stats(conn)
+    yield dg.MaterializeResult(metadata={
+        **relay_metadata(run_id, config.mode, stats, totals.published, seconds),
+        "attempts": totals.attempts, "failed": totals.failures, "dead_lettered": totals.dead_lettered,
+        "seconds": round(seconds, 1)})
 
 
 def _relay_job(mode: str):

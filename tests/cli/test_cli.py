@@ -170,3 +170,22 @@ def test_dashboards_check_and_push():
     path, body, auth = _FakeGrafana.received[-1]
     assert path == "/api/dashboards/db" and auth == "Bearer t0k"
     assert "SLO" in body["dashboard"]["title"]
+
+
+@pytest.mark.parametrize("args, says", [
+    (("stack", "env", "--services", "kafka"), "takes no services"),
+    (("stack", "status", "--foreground"), "--foreground applies only to `up`"),
+    (("stack", "down", "--foreground"), "--foreground applies only to `up`"),
+    (("stack", "restart"), "name what to restart"),
+    (("stack", "restart", "kafka", "--services", "postgres"), "not both"),
+    (("stack", "down", "--services", "kafak"), "unknown service(s): kafak"),
+    (("bench", "--list", "api_write"), "takes no names"),
+    (("dashboards", "check", "--url", "http://grafana.invalid"), "--url only apply to push"),
+    (("dashboards", "push", "--check"), "--check cannot be combined with push"),
+])
+def test_an_option_the_command_cannot_honour_is_refused(args, says, tmp_path):
+    """Never silently ignored: one line naming the problem, non-zero exit, nothing started or stopped."""
+    r = aether(*args, env={"AETHER_STACK_DIR": str(tmp_path / "never-used")})
+    assert r.returncode != 0
+    assert says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "never-used").exists()

@@ -36,9 +36,12 @@ def defs(platform_env, monkeypatch):
 def test_definitions_load(defs):
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
-    # The graph reads as the data flows: outbox → relay → topic.
-    assert graph.get(kafka_topic.RELAY_KEY).parent_keys == {outbox.OUTBOX_KEY}
-    assert graph.get(kafka_topic.TOPIC_KEY).parent_keys == {kafka_topic.RELAY_KEY}
+    # The graph reads as the data flows: outbox → relay → events on the topic; the topic itself is
+    # provisioned before the relay publishes to it, so it is upstream for execution.
+    assert graph.get(kafka_topic.RELAY_KEY).parent_keys == {outbox.OUTBOX_KEY, kafka_topic.TOPIC_KEY}
+    assert graph.get(kafka_topic.EVENTS_KEY).parent_keys == {kafka_topic.RELAY_KEY}
+    assert graph.get(kafka_topic.TOPIC_KEY).parent_keys == set()
+    assert not graph.get(kafka_topic.EVENTS_KEY).is_materializable
     for name in ("outbox_relay_streaming", "outbox_relay_batch"):
         job = defs.resolve_job_def(name)
         assert job.tags["aether/lane"] == "outbox-relay" and job.executor_def is dg.in_process_executor
@@ -148,7 +151,8 @@ def test_relay_and_requeue_jobs(defs, outbox_db, tenant, kafka_bootstrap, topic)
         assert result.success
         mat = result.asset_materializations_for_node("outbox_relay")[0]
         assert mat.metadata["published"].value == len(events) - 4  # the poisoned key waits
-        observations = [e for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"]
+        observations = [e for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"
+                        and e.event_specific_data.asset_observation.asset_key == outbox.OUTBOX_KEY]
         assert observations and observations[-1].event_specific_data.asset_observation.metadata[
             "dead_lettered"].value == 1
 

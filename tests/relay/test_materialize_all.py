@@ -1,0 +1,81 @@
+"""What an operator's "Materialize all" does in the Dagster UI: it launches __ASSET_JOB over every
+materializable asset with default config. While the sensor's streaming relay leads, that run must
+finish (the relay step refused at once, naming the leader) instead of queueing behind the leader
+lock for the leader's lifetime; with no leader it drains the outbox once and exits."""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import dagster as dg
+import pytest
+
+from aether_platform.outbox_stats import outbox_stats
+from aether_platform.dagster_defs import kafka_topic, outbox
+from tests.relay.conftest import relay_process, write_events
+from tests.relay.test_dagster_defs import defs  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.slow
+
+
+def _materialize_all(defs, instance):  # noqa: F811
+    """__ASSET_JOB over every materializable asset, default config, as the UI button launches it."""
+    keys = [node.key for node in defs.resolve_asset_graph().asset_nodes if node.is_materializable]
+    job = defs.resolve_implicit_global_asset_job_def()
+    assert job.name == "__ASSET_JOB"
+    return job.execute_in_process(instance=instance, asset_selection=keys, raise_on_error=False)
+
+
+def _in_thread(fn):
+    """Run fn in a daemon thread, so that a run stuck on the leader lock fails the test instead of hanging it."""
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.setdefault("result", fn()), daemon=True)
+    thread.start()
+    return thread, box
+
+
+def test_materialize_all_finishes_while_a_streaming_relay_leads(defs, outbox_db, tenant, platform_env,  # noqa: F811
+                                                                tmp_path):
+    leader_id = f"streaming-leader-{uuid.uuid4().hex[:8]}"
+    leader = relay_process(platform_env, "--mode", "streaming", "--lifetime", "600", "--run-id", leader_id,
+                           log=tmp_path / "leader.log")
+    try:
+        deadline = time.monotonic() + 60
+        while relay_core.leader_run(outbox_db) != leader_id:
+            assert leader.poll() is None, (tmp_path / "leader.log").read_text()
+            assert time.monotonic() < deadline, "the streaming relay never led"
+            time.sleep(0.1)
+        with dg.instance_for_test() as instance:
+            thread, box = _in_thread(lambda: _materialize_all(defs, instance))
+            thread.join(60)  # bounded wait, not a timing assertion: before the fix this run never ended
+            assert not thread.is_alive(), "Materialize all is queued behind the streaming relay's leader lock"
+            result = box["result"]
+            assert result.success
+            run = instance.get_run_by_id(result.run_id)
+            assert run.tags[outbox.REFUSED_BY_TAG] == leader_id and run.tags[outbox.ROLE_TAG] == "refused"
+            # The topic was provisioned, the relay left the outbox to its leader and said so.
+            materialized = {e.asset_key for e in result.get_asset_materialization_events()}
+            assert kafka_topic.TOPIC_KEY in materialized and kafka_topic.RELAY_KEY not in materialized
+            observation = instance.fetch_observations(kafka_topic.RELAY_KEY, limit=1).records[0]
+            meta = observation.asset_observation.metadata
+            assert meta["leader_run"].value == leader_id and "led by run " + leader_id in meta["reason"].value
+        assert leader.poll() is None, "the leader kept leading"
+    finally:
+        leader.terminate()
+        leader.wait(30)
+
+
+def test_materialize_all_drains_the_outbox_once_when_no_relay_leads(defs, outbox_db, tenant):  # noqa: F811
+    events = write_events(outbox_db, tenant, [uuid.uuid4() for _ in range(5)], per_key=3)
+    with dg.instance_for_test() as instance:
+        thread, box = _in_thread(lambda: _materialize_all(defs, instance))
+        thread.join(60)
+        assert not thread.is_alive(), "the manual relay did not exit after draining"
+        result = box["result"]
+        assert result.success
+        mat = result.asset_materializations_for_node("outbox_relay")[0]
+        assert mat.metadata["mode"].value == "batch" and mat.metadata["published"].value == len(events)
+        assert mat.metadata["leader_run"].value == result.run_id and mat.metadata["lag_seconds"].value == 0
+        assert instance.get_run_by_id(result.run_id).tags[outbox.ROLE_TAG] == "leader"
+    assert outbox_stats(outbox_db).pending == 0
