@@ -11,6 +11,7 @@ import uuid
 import dagster as dg
 import pytest
 
+from aether_platform import relay as relay_core
 from aether_platform.outbox_stats import outbox_stats
 from aether_platform.dagster_defs import kafka_topic, outbox
 from tests.relay.conftest import relay_process, write_events
