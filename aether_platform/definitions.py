@@ -13,7 +13,7 @@ from __future__ import annotations
 import dagster as dg
 
 from aether_platform.dagster_defs import idempotency_keys, kafka_topic, outbox
-from aether_platform.dagster_defs.resources import CrmDatabase, KafkaCluster
+from aether_platform.dagster_defs.resources import CrmDatabase, KafkaCluster, RelayResource
 from aether_platform.settings import get_settings
 
 defs = dg.Definitions(
@@ -28,5 +28,7 @@ defs = dg.Definitions(
         "crm_db": CrmDatabase(dsn=dg.EnvVar("DATABASE_URL")),
         # The topic name has a default (aetherlink.events), so it comes from settings, not EnvVar.
         "kafka": KafkaCluster(bootstrap_servers=dg.EnvVar("KAFKA_BOOTSTRAP_SERVERS"), topic=get_settings().topic),
+        # Every relay setting has a default, so they are read once here and shown in the UI.
+        "relay": RelayResource.from_env(),
     },
 )

@@ -156,17 +156,27 @@ def leader_run(conn: psycopg.Connection) -> str | None:
     return row[0][len(SESSION_PREFIX):]
 
 
-class RelayConfig(BaseSettings):
-    """What one relay needs. The tunables read their AETHER_RELAY_* variables; connection,
-    topic, batch size and max retries come from aether_platform.settings through from_env()."""
+class RelaySettings(BaseSettings):
+    """Every setting of the relay and of the sensor that keeps it going, with its environment
+    variable and default: their one home. The Dagster definitions show them as the `relay`
+    resource's config (aether_platform.dagster_defs.resources.RelayResource, built from these
+    fields), and `python -m aether_platform.relay` reads them from the environment."""
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
-    dsn: str
-    bootstrap: str
-    topic: str
-    batch_size: int
-    max_retries: int
+    # streaming: one long-lived leader, relaunched with a handover; batch: a run per due backlog.
+    mode: str = Field("streaming", alias="AETHER_RELAY_MODE", pattern="^(streaming|batch)$")
+    batch_size: int = Field(500, alias="AETHER_RELAY_BATCH_SIZE", gt=0)
+    # Failed attempts after which an event is dead-lettered (it then blocks only its own key).
+    max_retries: int = Field(5, alias="AETHER_RELAY_MAX_RETRIES", gt=0)
+    # A streaming run's lifetime, and how long before its end the sensor launches the successor
+    # that waits on the leader lock (so the handover has no gap).
+    lifetime_seconds: float = Field(3600.0, alias="AETHER_RELAY_LIFETIME_SECONDS", gt=0)
+    handover_lead_seconds: float = Field(60.0, alias="AETHER_RELAY_HANDOVER_LEAD_SECONDS", ge=0)
+    # A STARTED relay run with no database session for this long is reported failed and replaced.
+    dead_after_seconds: float = Field(30.0, alias="AETHER_RELAY_DEAD_AFTER_SECONDS", gt=0)
+    # The asset check oldest_pending_is_young fails past this age of the oldest pending event.
+    max_pending_age_seconds: float = Field(60.0, alias="AETHER_OUTBOX_MAX_PENDING_AGE_SECONDS", gt=0)
     # Upper bound on how long a batch waits for its delivery reports before the rows count as a
     # transient failure and back off. Long on purpose: until it expires, librdkafka retries the
     # same records with the same idempotent sequence numbers, so a broker outage shorter than
@@ -194,11 +204,19 @@ class RelayConfig(BaseSettings):
     # On a 2-core box running the whole platform those 0.19 cores decided whether the API kept up.
     idle_poll_seconds: float = Field(0.02, alias="AETHER_RELAY_IDLE_POLL_SECONDS")
 
+
+class RelayConfig(RelaySettings):
+    """What one relay needs: its settings, plus where to read and where to publish."""
+
+    dsn: str
+    bootstrap: str
+    topic: str
+
+
     @classmethod
     def from_env(cls, **overrides) -> "RelayConfig":
         s = get_settings()
-        values = dict(dsn=s.database_url, bootstrap=s.kafka_bootstrap_servers, topic=s.topic,
-                      batch_size=s.relay_batch_size, max_retries=s.relay_max_retries)
+        values = dict(dsn=s.database_url, bootstrap=s.kafka_bootstrap_servers, topic=s.topic)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

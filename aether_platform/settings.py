@@ -68,9 +68,7 @@ class Settings(BaseSettings):
     sse_catchup_consumers: int = Field(4, alias="AETHER_SSE_CATCHUP_CONSUMERS")
     sse_dedup_window: int = Field(5000, alias="AETHER_SSE_DEDUP_WINDOW")
     sse_cors_origins: str = Field("", alias="AETHER_SSE_CORS_ORIGINS")  # comma list or "*"; empty = same-origin only
-
-    relay_batch_size: int = Field(500, alias="AETHER_RELAY_BATCH_SIZE")
-    relay_max_retries: int = Field(5, alias="AETHER_RELAY_MAX_RETRIES")
+    # The relay's settings live with the relay: aether_platform.relay.RelaySettings.
 
 
 @lru_cache(maxsize=1)

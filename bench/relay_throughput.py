@@ -13,8 +13,7 @@ import uuid
 import psycopg
 
 from aether_platform.db_url import libpq_url
-from aether_platform.relay import CLAIM_SQL, SESSION_OPTIONS, Relay, RelayConfig, mark_published
-from aether_platform.settings import get_settings
+from aether_platform.relay import CLAIM_SQL, SESSION_OPTIONS, Relay, RelayConfig, RelaySettings, mark_published
 from bench._relay_setup import bench_database, bench_topic
 from bench.report import Figure, emit, progress
 
@@ -74,7 +73,7 @@ def timed(label: str, fn) -> tuple[float, int]:
 
 
 def main() -> None:
-    batch = get_settings().relay_batch_size
+    batch = RelaySettings().batch_size
     with bench_database("aether_bench_relay") as dsn, bench_topic("aetherlink.events.bench") as (bootstrap, topic):
         progress(f"prefill {EVENTS:,} events (COPY)")
         prefill(dsn, EVENTS)

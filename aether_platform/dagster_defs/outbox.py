@@ -1,7 +1,6 @@
 """The outbox domain: the CRM outbox table (observed), the relay that publishes it to Kafka (two
 jobs, one lane), the sensor that keeps exactly one relay going, the requeue job and the checks."""
 import json
-import os
 import time
 
 import dagster as dg
@@ -9,7 +8,7 @@ import dagster as dg
 from aether_platform import relay as core
 from aether_platform.dagster_defs.kafka_topic import ACTIVE, EVENTS_KEY, RELAY_KEY, TOPIC_KEY
 from aether_platform.outbox_stats import OutboxStats, outbox_stats
-from aether_platform.dagster_defs.resources import CrmDatabase, KafkaCluster
+from aether_platform.dagster_defs.resources import CrmDatabase, KafkaCluster, RelayResource
 
 OUTBOX_KEY = dg.AssetKey(["crm", "outbox_events"])
 LANE_TAG, LANE = "aether/lane", "outbox-relay"
@@ -28,17 +27,13 @@ outbox_events = dg.AssetSpec(
 )
 
 
-def _max_pending_age() -> float:
-    return float(os.environ.get("AETHER_OUTBOX_MAX_PENDING_AGE_SECONDS", "60"))
-
-
 def stats_metadata(stats: OutboxStats) -> dict:
     return {"pending": stats.pending, "dead_lettered": stats.dead_lettered,
             "oldest_pending_age_seconds": round(stats.oldest_pending_age_seconds or 0.0, 3)}
 
 
-def _check_evaluations(stats: OutboxStats) -> list[dg.AssetCheckEvaluation]:
-    limit = _max_pending_age()
+def _check_evaluations(stats: OutboxStats, relay: RelayResource) -> list[dg.AssetCheckEvaluation]:
+    limit = relay.max_pending_age_seconds
     age = stats.oldest_pending_age_seconds or 0.0
     return [
         dg.AssetCheckEvaluation(asset_key=OUTBOX_KEY, check_name="oldest_pending_is_young", passed=age < limit,
@@ -55,16 +50,16 @@ def _as_result(evaluation: dg.AssetCheckEvaluation) -> dg.AssetCheckResult:
 @dg.asset_check(asset=OUTBOX_KEY, name="oldest_pending_is_young",
                 description="The oldest unpublished event is younger than AETHER_OUTBOX_MAX_PENDING_AGE_SECONDS "
                             "(60 s by default).")
-def oldest_pending_is_young(crm_db: CrmDatabase) -> dg.AssetCheckResult:
+def oldest_pending_is_young(crm_db: CrmDatabase, relay: RelayResource) -> dg.AssetCheckResult:
     with crm_db.connect() as conn:
-        return _as_result(_check_evaluations(outbox_stats(conn))[0])
+        return _as_result(_check_evaluations(outbox_stats(conn), relay)[0])
 
 
 @dg.asset_check(asset=OUTBOX_KEY, name="no_dead_lettered_events",
                 description="No event sits in the dead-letter state (requeue them once the cause is fixed).")
-def no_dead_lettered_events(crm_db: CrmDatabase) -> dg.AssetCheckResult:
+def no_dead_lettered_events(crm_db: CrmDatabase, relay: RelayResource) -> dg.AssetCheckResult:
     with crm_db.connect() as conn:
-        return _as_result(_check_evaluations(outbox_stats(conn))[1])
+        return _as_result(_check_evaluations(outbox_stats(conn), relay)[1])
 
 
 class RelayRunConfig(dg.Config):
@@ -102,7 +97,7 @@ def relay_metadata(run_id: str, mode: str, stats: OutboxStats | None, published:
                 "few seconds with the leading run, its lag (oldest pending event's age) and throughput.",
 )
 def outbox_relay(context: dg.AssetExecutionContext, config: RelayRunConfig, crm_db: CrmDatabase,
-                 kafka: KafkaCluster):
+                 kafka: KafkaCluster, relay: RelayResource):
     run_id = context.run.run_id
     # The sensor's runs (one lane) hand over by waiting on the leader lock; any other run
     # (Materialize all, a launchpad run) must never queue behind a leader for its lifetime.
@@ -125,12 +120,11 @@ def outbox_relay(context: dg.AssetExecutionContext, config: RelayRunConfig, crm_
     def on_lead() -> None:
         context.instance.add_run_tags(run_id, {ROLE_TAG: "leader"})
 
-    cfg = core.RelayConfig.from_env(dsn=crm_db.dsn, bootstrap=kafka.bootstrap_servers, topic=kafka.topic,
-                                    batch_size=config.batch_size)
-    relay = core.Relay(cfg, mode=config.mode, run_id=run_id, on_progress=observe, wait_for_lead=lane,
+    cfg = relay.config(crm_db.dsn, kafka.bootstrap_servers, kafka.topic, batch_size=config.batch_size)
+    runner = core.Relay(cfg, mode=config.mode, run_id=run_id, on_progress=observe, wait_for_lead=lane,
                        on_lead=on_lead)
     try:
-        totals = relay.run(lifetime_seconds=config.lifetime_seconds if config.mode == "streaming" else None)
+        totals = runner.run(lifetime_seconds=config.lifetime_seconds if config.mode == "streaming" else None)
     except core.RelayBusy as busy:
         message = (f"Not relayed: {busy}, which is already publishing the outbox; this run leaves it to that "
                    "run and exits without materializing outbox_relay.")
@@ -231,27 +225,24 @@ def reap_dead_relays(context: dg.SensorEvaluationContext, active: list[dg.RunRec
                        "except the one successor of a retiring streaming run. A run whose process died (no "
                        "database session for AETHER_RELAY_DEAD_AFTER_SECONDS, default 30) is reported failed "
                        "and replaced.")
-def outbox_relay_sensor(context: dg.SensorEvaluationContext, crm_db: CrmDatabase):
-    mode = os.environ.get("AETHER_RELAY_MODE", "streaming")
-    if mode not in ("streaming", "batch"):
-        raise ValueError(f"AETHER_RELAY_MODE must be streaming or batch, not {mode!r}")
+def outbox_relay_sensor(context: dg.SensorEvaluationContext, crm_db: CrmDatabase, relay: RelayResource):
+    mode = relay.mode
     active = list(context.instance.get_run_records(dg.RunsFilter(tags={LANE_TAG: LANE}, statuses=ACTIVE)))
     now = time.time()
     if any(r.dagster_run.status == dg.DagsterRunStatus.STARTED for r in active) or context.cursor:
         active = reap_dead_relays(context, active, core.live_relay_runs(crm_db.shared_connection()),
-                                  float(os.environ.get("AETHER_RELAY_DEAD_AFTER_SECONDS", "30")), now)
+                                  relay.dead_after_seconds, now)
     return relay_decision(
         mode, active, now, lambda: core.has_eligible(crm_db.shared_connection()),
-        lifetime=float(os.environ.get("AETHER_RELAY_LIFETIME_SECONDS", "3600")),
-        handover_lead=float(os.environ.get("AETHER_RELAY_HANDOVER_LEAD_SECONDS", "60")))
+        lifetime=relay.lifetime_seconds, handover_lead=relay.handover_lead_seconds)
 
 
 @dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Once a minute: observes crm/outbox_events and evaluates its checks, without a run.")
-def outbox_health_sensor(context: dg.SensorEvaluationContext, crm_db: CrmDatabase):
+def outbox_health_sensor(context: dg.SensorEvaluationContext, crm_db: CrmDatabase, relay: RelayResource):
     stats = outbox_stats(crm_db.shared_connection())
     return dg.SensorResult(asset_events=[dg.AssetObservation(asset_key=OUTBOX_KEY, metadata=stats_metadata(stats)),
-                                         *_check_evaluations(stats)])
+                                         *_check_evaluations(stats, relay)])
 
 
 class RequeueConfig(dg.Config):

@@ -1,12 +1,15 @@
-"""Resources shared by the domains: the CRM database and the Kafka cluster, from the environment."""
+"""Resources shared by the domains: the CRM database, the Kafka cluster and the relay's settings,
+from the environment."""
 from __future__ import annotations
 
 import threading
 
 import dagster as dg
 import psycopg
+import pydantic
 
 from aether_platform.db_url import libpq_url
+from aether_platform.relay import RelayConfig, RelaySettings
 
 _cached: dict[str, psycopg.Connection] = {}
 _cached_lock = threading.Lock()
@@ -35,3 +38,33 @@ class KafkaCluster(dg.ConfigurableResource):
 
     bootstrap_servers: str
     topic: str
+
+
+def _relay_resource_fields() -> dict:
+    """RelaySettings' fields, as Dagster config fields: one definition, shown in the UI."""
+    annotations, defaults = {}, {}
+    for name, field in RelaySettings.model_fields.items():
+        annotations[name] = field.annotation
+        defaults[name] = pydantic.Field(field.default, description=f"{field.alias}. "
+                                        + (field.description or ""))
+    return {"__annotations__": annotations, **defaults}
+
+
+class _RelayResourceBase(dg.ConfigurableResource):
+    @classmethod
+    def from_env(cls) -> "RelayResource":
+        return cls(**RelaySettings().model_dump())
+
+    def settings(self) -> RelaySettings:
+        return RelaySettings(**{name: getattr(self, name) for name in RelaySettings.model_fields})
+
+    def config(self, dsn: str, bootstrap: str, topic: str, **overrides) -> RelayConfig:
+        values = {**self.settings().model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
+        return RelayConfig(dsn=dsn, bootstrap=bootstrap, topic=topic, **values)
+
+
+# The relay's settings as a resource; definitions.py fills it from the environment (from_env), so the
+# Dagster UI shows the values in force, and a test passes its own.
+RelayResource = type("RelayResource", (_RelayResourceBase,),
+                     {"__module__": __name__, "__doc__": "The outbox relay's settings "
+                      "(aether_platform.relay.RelaySettings), from the environment.", **_relay_resource_fields()})

@@ -18,7 +18,7 @@ from dagster._core.utils import make_new_run_id
 from aether_platform import relay as relay_core
 from aether_platform.dagster_defs import kafka_topic, outbox
 from aether_platform.db_url import libpq_url
-from aether_platform.dagster_defs.resources import CrmDatabase
+from aether_platform.dagster_defs.resources import CrmDatabase, RelayResource
 from aether_platform.key_expiry import expire_keys
 from aether_platform.settings import get_settings
 from tests.relay.conftest import consume, write_events
@@ -61,23 +61,22 @@ def _add_run(instance, request: dg.RunRequest, status: dg.DagsterRunStatus) -> d
     return run
 
 
-def _tick_with_cursor(instance, database_url, cursor: str | None = None):
+def _tick_with_cursor(instance, database_url, cursor: str | None = None, **relay_settings):
     """One sensor evaluation: its result and the cursor it leaves for the next tick."""
     ctx = dg.build_sensor_context(instance=instance, cursor=cursor,
-                                  resources={"crm_db": CrmDatabase(dsn=database_url)})
+                                  resources={"crm_db": CrmDatabase(dsn=database_url),
+                                             "relay": RelayResource(**relay_settings)})
     return outbox.outbox_relay_sensor(ctx), ctx.cursor
 
 
-def _tick(instance, database_url):
-    return _tick_with_cursor(instance, database_url)[0]
+def _tick(instance, database_url, **relay_settings):
+    return _tick_with_cursor(instance, database_url, **relay_settings)[0]
 
 
 @pytest.mark.parametrize("status", [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
                                     dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
                                     dg.DagsterRunStatus.CANCELING])
-def test_streaming_sensor_never_double_launches(database_url, outbox_db, monkeypatch, status):
-    monkeypatch.setenv("AETHER_RELAY_MODE", "streaming")
-    monkeypatch.setenv("AETHER_RELAY_LIFETIME_SECONDS", "3600")
+def test_streaming_sensor_never_double_launches(database_url, outbox_db, status):
     with dg.instance_for_test() as instance:
         first = _tick(instance, database_url)
         assert isinstance(first, dg.RunRequest) and first.job_name == "outbox_relay_streaming"
@@ -88,11 +87,9 @@ def test_streaming_sensor_never_double_launches(database_url, outbox_db, monkeyp
         assert isinstance(_tick(instance, database_url), dg.RunRequest), "an ended streaming run is relaunched"
 
 
-def test_a_relay_run_whose_process_died_is_reported_failed_and_replaced(database_url, outbox_db, monkeypatch):
+def test_a_relay_run_whose_process_died_is_reported_failed_and_replaced(database_url, outbox_db):
     """A killed run worker leaves its run STARTED for ever (the default launcher cannot check
     worker health): without this, the sensor would skip "a relay is active" indefinitely."""
-    monkeypatch.setenv("AETHER_RELAY_MODE", "streaming")
-    monkeypatch.setenv("AETHER_RELAY_DEAD_AFTER_SECONDS", "30")
     with dg.instance_for_test() as instance:
         run = _add_run(instance, _tick(instance, database_url), dg.DagsterRunStatus.STARTED)
         long_ago = json.dumps({run.run_id: time.time() - 60})
@@ -113,32 +110,29 @@ def test_a_relay_run_whose_process_died_is_reported_failed_and_replaced(database
         assert cursor is None
 
 
-def test_streaming_handover_gets_exactly_one_successor(database_url, outbox_db, monkeypatch):
-    monkeypatch.setenv("AETHER_RELAY_MODE", "streaming")
-    monkeypatch.setenv("AETHER_RELAY_LIFETIME_SECONDS", "30")  # within the 60 s handover lead
+def test_streaming_handover_gets_exactly_one_successor(database_url, outbox_db):
     with dg.instance_for_test() as instance:
-        leader = _add_run(instance, _tick(instance, database_url), dg.DagsterRunStatus.STARTED)
-        successor = _tick(instance, database_url)
+        leader = _add_run(instance, _tick(instance, database_url, lifetime_seconds=30), dg.DagsterRunStatus.STARTED)
+        successor = _tick(instance, database_url, lifetime_seconds=30)
         assert isinstance(successor, dg.RunRequest)
         assert successor.tags["aether/relay-successor-of"] == leader.run_id
         _add_run(instance, successor, dg.DagsterRunStatus.QUEUED)
-        assert isinstance(_tick(instance, database_url), dg.SkipReason)
+        assert isinstance(_tick(instance, database_url, lifetime_seconds=30), dg.SkipReason)
 
 
-def test_batch_sensor_launches_only_for_due_work(database_url, outbox_db, tenant, monkeypatch):
-    monkeypatch.setenv("AETHER_RELAY_MODE", "batch")
+def test_batch_sensor_launches_only_for_due_work(database_url, outbox_db, tenant):
     with dg.instance_for_test() as instance:
-        assert isinstance(_tick(instance, database_url), dg.SkipReason)
+        assert isinstance(_tick(instance, database_url, mode="batch"), dg.SkipReason)
         write_events(outbox_db, tenant, [uuid.uuid4()], per_key=2)
-        request = _tick(instance, database_url)
+        request = _tick(instance, database_url, mode="batch")
         assert isinstance(request, dg.RunRequest) and request.job_name == "outbox_relay_batch"
         _add_run(instance, request, dg.DagsterRunStatus.STARTING)
-        assert isinstance(_tick(instance, database_url), dg.SkipReason)
+        assert isinstance(_tick(instance, database_url, mode="batch"), dg.SkipReason)
         # A key blocked behind a dead-lettered event is not work: no run would publish it.
         outbox_db.execute("UPDATE outbox_events SET dead_lettered_at = now()"
                           " WHERE id = (SELECT min(id) FROM outbox_events)")
     with dg.instance_for_test() as instance:
-        assert isinstance(_tick(instance, database_url), dg.SkipReason)
+        assert isinstance(_tick(instance, database_url, mode="batch"), dg.SkipReason)
 
 
 def test_relay_and_requeue_jobs(defs, outbox_db, tenant, kafka_bootstrap, topic):
