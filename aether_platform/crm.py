@@ -24,47 +24,9 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from aether_platform import idempotency, outbox
+from aether_platform.aggregates import AggregateSpec
 from aether_platform.idempotency import IdempotentRequest, Verdict
 from aether_platform.inserts import Insert, fold
-
-
-@dataclass(frozen=True)
-class FieldSpec:
-    column: str
-    api: str  # camelCase name in the HTTP API
-    payload: str | None  # PascalCase name in the event payload; None keeps it out of the event
-
-
-@dataclass(frozen=True)
-class AggregateSpec:
-    name: str  # aggregate type, as stored in outbox_events.aggregate_type
-    table: str
-    event_prefix: str  # "Job" → JobCreated, JobUpdated, JobDeleted
-    fields: tuple[FieldSpec, ...]
-    filters: tuple[str, ...] = ()  # columns a list may be filtered by (exact match)
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return ("id", "tenant_id", *(f.column for f in self.fields), "created_at", "updated_at", "version")
-
-
-# Payload fields follow the seed: jobs are {"Type","TenantId","JobId","Title","Status","Ts"}.
-JOB = AggregateSpec("job", "jobs", "Job", (
-    FieldSpec("account_id", "accountId", None),
-    FieldSpec("title", "title", "Title"),
-    FieldSpec("status", "status", "Status"),
-), filters=("status", "account_id"))
-
-ACCOUNT = AggregateSpec("account", "accounts", "Account", (
-    FieldSpec("name", "name", "Name"),
-))
-
-CONTACT = AggregateSpec("contact", "contacts", "Contact", (
-    FieldSpec("account_id", "accountId", "AccountId"),
-    FieldSpec("name", "name", "Name"),
-    FieldSpec("email", "email", "Email"),
-    FieldSpec("phone", "phone", "Phone"),
-), filters=("account_id",))
 
 
 class DomainError(Exception):

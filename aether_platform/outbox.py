@@ -17,13 +17,8 @@ from datetime import datetime, timezone
 
 import orjson
 
+from aether_platform.aggregates import EVENT_TYPES, ID_FIELD
 from aether_platform.inserts import Insert
-
-EVENT_TYPES = ("AccountCreated", "AccountUpdated", "AccountDeleted", "ContactCreated", "ContactUpdated",
-               "ContactDeleted", "JobCreated", "JobUpdated", "JobDeleted")
-
-# The payload's id field per aggregate type, as in the seed: {"Type","TenantId","JobId",...}.
-ID_FIELD = {"job": "JobId", "account": "AccountId", "contact": "ContactId"}
 
 
 def utc_now() -> datetime:

@@ -75,7 +75,7 @@ def create_app() -> FastAPI:
     install_metrics(app)
     app.include_router(health.router)
     app.include_router(crm_events.router)
-    for router in (resources.accounts, resources.contacts, resources.jobs):
+    for router in resources.ROUTERS:
         app.include_router(router)
     docs.install(app, settings)
     return app

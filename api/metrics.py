@@ -1,4 +1,5 @@
-"""/metrics in Prometheus text format, with request counters and latency histograms.
+"""/metrics in Prometheus text format, with request counters and latency histograms. The names the
+SLOs read are the SLO spec's (aether_platform.slo_spec), so a rename cannot break an alert silently.
 
 uvicorn runs several worker processes; prometheus_client's multiprocess mode aggregates them
 when PROMETHEUS_MULTIPROC_DIR is set (the stack sets it), otherwise each process reports alone.
@@ -12,22 +13,24 @@ from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.responses import Response
 
+from aether_platform import slo_spec as names
+from aether_platform.aggregates import AGGREGATES
 from api import outbox_metrics
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
-HTTP_REQUESTS = Counter("aether_http_requests_total", "HTTP requests by route template, method and status",
+HTTP_REQUESTS = Counter(names.HTTP_REQUESTS, "HTTP requests by route template, method and status",
                         ["route", "method", "status"])
 HTTP_LATENCY = Histogram("aether_http_request_duration_seconds", "HTTP request latency by route template",
                          ["route", "method"], buckets=LATENCY_BUCKETS)
 # Claim to commit of the write transaction (business row + idempotency record + outbox event):
 # the SLO's "write latency".
-OUTBOX_WRITE_SECONDS = Histogram("aether_outbox_write_duration_seconds",
+OUTBOX_WRITE_SECONDS = Histogram(names.OUTBOX_WRITE_DURATION,
                                  "Time to commit a write with its outbox event, by aggregate", ["aggregate"],
                                  buckets=LATENCY_BUCKETS)
 # Series exist from the start, so an idle API reports zero writes instead of an absent metric;
 # kept by aggregate, so that a write does not go through labels() (a lock and a key) each time.
-OUTBOX_WRITE_BY_AGGREGATE = {a: OUTBOX_WRITE_SECONDS.labels(a) for a in ("account", "contact", "job")}
+OUTBOX_WRITE_BY_AGGREGATE = {a.name: OUTBOX_WRITE_SECONDS.labels(a.name) for a in AGGREGATES}
 IDEMPOTENCY_REPLAYS = Counter("aether_idempotency_replays_total", "Responses replayed for a reused Idempotency-Key")
 IDEMPOTENCY_CONFLICTS = Counter("aether_idempotency_conflicts_total",
                                 "Idempotency-Key conflicts: in_flight (409) or mismatch (422)", ["reason"])

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, create_model
 
 from aether_platform.models import JOB_STATUSES
 
@@ -112,19 +112,26 @@ class ContactOut(_Resource):
     phone: str | None
 
 
-class JobPage(BaseModel):
-    items: list[JobOut]
-    nextCursor: str | None
+def _page(out: type[BaseModel]) -> type[BaseModel]:
+    """A list page of one resource: JobOut -> JobPage, {"items": [...], "nextCursor": ...}."""
+    return create_model(out.__name__.removesuffix("Out") + "Page", __module__=__name__,
+                        items=(list[out], ...), nextCursor=(str | None, ...))
 
 
-class AccountPage(BaseModel):
-    items: list[AccountOut]
-    nextCursor: str | None
+class ResourceModels(NamedTuple):
+    create: type[BaseModel]
+    patch: type[BaseModel]
+    out: type[BaseModel]
+    page: type[BaseModel]
 
 
-class ContactPage(BaseModel):
-    items: list[ContactOut]
-    nextCursor: str | None
+# Per aggregate (aether_platform.aggregates), by its name; api.routers.resources builds a router
+# for every aggregate from this, so an aggregate without its models fails at import.
+MODELS = {
+    "account": ResourceModels(AccountCreate, AccountPatch, AccountOut, _page(AccountOut)),
+    "contact": ResourceModels(ContactCreate, ContactPatch, ContactOut, _page(ContactOut)),
+    "job": ResourceModels(JobCreate, JobPatch, JobOut, _page(JobOut)),
+}
 
 
 class ProblemOut(BaseModel):

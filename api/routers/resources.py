@@ -12,6 +12,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from aether_platform import crm, idempotency
+from aether_platform.aggregates import AGGREGATES, AggregateSpec
 from aether_platform.idempotency import IdempotentRequest, Verdict
 from api import schemas
 from api.db import checkout
@@ -80,14 +81,15 @@ async def _json_body(request: Request) -> object:
     return orjson.loads(raw) if raw else None
 
 
-def _columns(spec: crm.AggregateSpec, body: BaseModel, only_set: bool) -> dict:
+def _columns(spec: AggregateSpec, body: BaseModel, only_set: bool) -> dict:
     by_api = {f.api: f.column for f in spec.fields}
     data = body.model_dump(by_alias=True, exclude_unset=only_set)
     return {by_api[k]: v for k, v in data.items()}
 
 
-def resource_router(spec: crm.AggregateSpec, plural: str, create_model: type[BaseModel], patch_model: type[BaseModel],
-                    out_model: type[BaseModel], page_model: type[BaseModel]) -> APIRouter:
+def resource_router(spec: AggregateSpec, models: schemas.ResourceModels) -> APIRouter:
+    plural = spec.table
+    create_model, patch_model, out_model, page_model = models
     router = APIRouter(prefix=f"/api/crm/{plural}", tags=[plural])
     noun = spec.name
 
@@ -151,8 +153,5 @@ def resource_router(spec: crm.AggregateSpec, plural: str, create_model: type[Bas
     return router
 
 
-jobs = resource_router(crm.JOB, "jobs", schemas.JobCreate, schemas.JobPatch, schemas.JobOut, schemas.JobPage)
-accounts = resource_router(crm.ACCOUNT, "accounts", schemas.AccountCreate, schemas.AccountPatch, schemas.AccountOut,
-                           schemas.AccountPage)
-contacts = resource_router(crm.CONTACT, "contacts", schemas.ContactCreate, schemas.ContactPatch, schemas.ContactOut,
-                           schemas.ContactPage)
+# One router per aggregate, in the registry's order.
+ROUTERS = tuple(resource_router(spec, schemas.MODELS[spec.name]) for spec in AGGREGATES)

@@ -9,7 +9,7 @@ from datetime import timedelta
 import psycopg
 import pytest
 
-from aether_platform import crm, idempotency
+from aether_platform import aggregates, crm, idempotency
 from aether_platform.db_url import libpq_url
 from aether_platform.idempotency import IdempotentRequest, Verdict
 from api.db import APPLICATION_NAME, DatabaseUnreachable, StatementPool, asyncpg_dsn, dollar_params
@@ -47,7 +47,7 @@ def _request(tenant: str, key: str, body: dict) -> IdempotentRequest:
 
 def _create_job(tenant: str, body: dict) -> crm.Command:
     values = {"title": body["title"], "status": "Open", "account_id": body.get("accountId")}
-    return crm.create(crm.JOB, uuid.UUID(tenant), values)
+    return crm.create(aggregates.JOB, uuid.UUID(tenant), values)
 
 
 async def _writes(url: str, writes: list[tuple[str, str, dict]]) -> list:
