@@ -62,6 +62,10 @@ def create_app() -> FastAPI:
     )
     app.state.settings = settings
     app.state.write_limiter = TenantRateLimiter(settings.write_rate_per_tenant, settings.write_burst_per_tenant)
+    # Every middleware must be a plain ASGI class whose `send` path needs no current task: the
+    # stream hub writes a parked /crm-events client's frames by driving its ASGI `send` from a loop
+    # callback, outside any task (api.stream.session.send_now). No BaseHTTPMiddleware, and no
+    # asyncio.timeout() or task-local state around `send` (tests/stream/test_send_now.py checks).
     # Middlewares wrap in reverse order of addition: metrics outermost (it counts 401s, 413s and
     # 500s too), then the 500 safety net, then authentication, then the request limits, and
     # innermost, just before routing, the create endpoints' fast path.

@@ -17,6 +17,7 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
 
@@ -44,6 +45,25 @@ class StartPoint:
     resets: list[dict] = field(default_factory=list)
 
 
+class StreamClient(Protocol):
+    """What the hub calls on every client it holds (api.stream.session.SseSession is the one).
+
+    All three run on the event loop from the hub's own callbacks and timer, outside the client's
+    task, so none may block or await:
+    - deliver(): new records became visible; write the client's frames now if it is parked and in
+      step (see send_now), else set `wake` so its task deals with it.
+    - on_tick(now): the hub's one timer (monotonic seconds): keepalives, and cancelling a write
+      blocked past the send timeout.
+    - wake: the event the client's task waits on; the hub sets it, e.g. on shutdown.
+    """
+
+    wake: asyncio.Event
+
+    def deliver(self) -> None: ...
+
+    def on_tick(self, now: float) -> None: ...
+
+
 class StreamHub:
     def __init__(self, settings):
         self.settings = settings
@@ -62,7 +82,7 @@ class StreamHub:
         self._tick_task: asyncio.Task | None = None
         self._ready = asyncio.Event()
         self.stopping = asyncio.Event()
-        self.clients: set = set()
+        self.clients: set[StreamClient] = set()
         self._catchup = asyncio.Semaphore(max(1, settings.sse_catchup_consumers))
         self.catchup_active = 0
         self._notify_pending = False
