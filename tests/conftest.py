@@ -83,13 +83,19 @@ def alembic(url: str, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True)
 
 
+def migrated_database(base_url: str, name: str) -> str:
+    """A fresh database `name` beside base_url's, migrated to head; drop it with drop_database."""
+    url = create_database(base_url, name)
+    r = alembic(url, "upgrade", "head")
+    assert r.returncode == 0, r.stderr
+    return url
+
+
 @pytest.fixture(scope="session")
 def database_url(base_database_url) -> str:
     """A migrated database of this session's own, dropped at the end."""
     name = f"aether_test_{RUN_ID}"
-    url = create_database(base_database_url, name)
-    r = alembic(url, "upgrade", "head")
-    assert r.returncode == 0, r.stderr
+    url = migrated_database(base_database_url, name)
     os.environ["DATABASE_URL"] = url
     yield url
     drop_database(base_database_url, name)

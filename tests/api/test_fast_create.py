@@ -8,7 +8,6 @@ steps aside for a route with any input it cannot solve.
 """
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 import uuid

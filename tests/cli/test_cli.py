@@ -7,7 +7,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, HTTPServer

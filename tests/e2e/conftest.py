@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from aether_platform.topics import TopicSpec, ensure_topic
-from tests.conftest import REPO, RUN_ID, ApiServer, alembic, create_database, drop_database, stop_group
+from tests.conftest import REPO, RUN_ID, ApiServer, drop_database, migrated_database, stop_group
 
 
 class RelayProcess:
@@ -69,9 +69,7 @@ class TopicReader:
 def e2e_env(base_database_url, kafka_bootstrap):
     suffix = f"{RUN_ID}_{uuid.uuid4().hex[:4]}"
     db_name = f"aether_e2e_{suffix}"
-    url = create_database(base_database_url, db_name)
-    r = alembic(url, "upgrade", "head")
-    assert r.returncode == 0, r.stderr
+    url = migrated_database(base_database_url, db_name)
     topic = f"aetherlink.events.e2e-{suffix}"
     ensure_topic(kafka_bootstrap, TopicSpec(name=topic, partitions=3, replication_factor=1))
     yield {"DATABASE_URL": url, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "AETHER_TOPIC": topic,

@@ -19,7 +19,7 @@ import pytest
 
 from aether_platform.db_url import libpq_url
 from aether_platform.topics import TopicSpec, ensure_topic
-from tests.conftest import ApiServer, alembic
+from tests.conftest import ApiServer
 from tests.e2e.conftest import RelayProcess, TopicReader, report
 from tests.e2e.load import LoadResult, run_load
 from tests.stream.sse_client import SseClient
@@ -42,11 +42,10 @@ def _db_counts(url: str) -> tuple[int, int]:
 @pytest.fixture
 def fresh_env(e2e_env, base_database_url):
     """A database and topic of the test's own, so its counts are exact."""
-    from tests.conftest import create_database, drop_database
+    from tests.conftest import drop_database, migrated_database
 
     name = f"aether_fault_{uuid.uuid4().hex[:8]}"
-    url = create_database(base_database_url, name)
-    assert alembic(url, "upgrade", "head").returncode == 0
+    url = migrated_database(base_database_url, name)
     yield {**e2e_env, "DATABASE_URL": url, "AETHER_TOPIC": f"aetherlink.events.fault-{uuid.uuid4().hex[:8]}"}
     drop_database(base_database_url, name)
 

@@ -6,16 +6,13 @@ import psycopg
 import pytest
 
 from aether_platform.db_url import libpq_url
-from tests.conftest import RUN_ID, alembic, create_database, drop_database
+from tests.conftest import RUN_ID, drop_database, migrated_database
 
 
 @pytest.fixture(scope="package")
 def slo_db(base_database_url):
     name = f"aether_slo_{RUN_ID}"
-    url = create_database(base_database_url, name)
-    r = alembic(url, "upgrade", "head")
-    assert r.returncode == 0, r.stderr
-    yield url
+    yield migrated_database(base_database_url, name)
     drop_database(base_database_url, name)
 
 
