@@ -37,6 +37,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aether_platform.db_url import libpq_url
+from aether_platform.kafka_client import client_config
 from aether_platform.outbox_stats import OutboxStats, outbox_stats
 from aether_platform.settings import get_settings
 from aether_platform.topics import MAX_MESSAGE_BYTES
@@ -223,7 +224,7 @@ class RelayConfig(RelaySettings):
     def producer_config(self) -> dict:
         quiet = logging.getLogger("aether.relay.kafka")
         return {
-            "bootstrap.servers": self.bootstrap,
+            **client_config(self.bootstrap),
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": self.linger_ms,

@@ -19,6 +19,16 @@ class Settings(BaseSettings):
 
     database_url: str = Field(DEFAULT_DATABASE_URL, alias="DATABASE_URL")
     kafka_bootstrap_servers: str = Field("127.0.0.1:9092", alias="KAFKA_BOOTSTRAP_SERVERS")
+    # How every Kafka client connects (aether_platform/kafka_client.py): librdkafka's standard
+    # properties, each from the variable named after it; empty = librdkafka's default (plaintext).
+    kafka_security_protocol: str = Field("", alias="KAFKA_SECURITY_PROTOCOL")
+    kafka_sasl_mechanism: str = Field("", alias="KAFKA_SASL_MECHANISM")
+    kafka_sasl_username: str = Field("", alias="KAFKA_SASL_USERNAME")
+    kafka_sasl_password_file: str = Field("", alias="KAFKA_SASL_PASSWORD_FILE")
+    kafka_ssl_ca_location: str = Field("", alias="KAFKA_SSL_CA_LOCATION")
+    kafka_ssl_certificate_location: str = Field("", alias="KAFKA_SSL_CERTIFICATE_LOCATION")
+    kafka_ssl_key_location: str = Field("", alias="KAFKA_SSL_KEY_LOCATION")
+    kafka_ssl_endpoint_identification_algorithm: str = Field("", alias="KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM")
     topic: str = Field("aetherlink.events", alias="AETHER_TOPIC")
     topic_partitions: int = Field(3, alias="AETHER_TOPIC_PARTITIONS")
     topic_replication_factor: int = Field(1, alias="AETHER_TOPIC_REPLICATION_FACTOR")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
+from aether_platform.kafka_client import connection
 from aether_platform.settings import get_settings
 
 # Broker-side limit for one record. The relay's producer uses the same figure as its client-side
@@ -71,12 +72,15 @@ def silent_logger(name: str) -> logging.Logger:
     return logger
 
 
-def _admin(bootstrap: str) -> AdminClient:
-    return AdminClient({"bootstrap.servers": bootstrap, "logger": silent_logger("aether.kafka.admin")})
+def _admin(kafka) -> AdminClient:
+    return AdminClient({**connection(kafka), "logger": silent_logger("aether.kafka.admin")})
 
 
-def describe_topic(bootstrap: str, name: str, timeout: float = 10.0) -> TopicState:
-    admin = _admin(bootstrap)
+# `kafka` below: a bootstrap list, or a config dict from aether_platform.kafka_client.client_config().
+
+
+def describe_topic(kafka, name: str, timeout: float = 10.0) -> TopicState:
+    admin = _admin(kafka)
     md = admin.list_topics(topic=name, timeout=timeout)
     t = md.topics.get(name)
     if t is None or t.error is not None:
@@ -89,12 +93,12 @@ def describe_topic(bootstrap: str, name: str, timeout: float = 10.0) -> TopicSta
                       configs={k: v.value for k, v in configs.items()})
 
 
-def ensure_topic(bootstrap: str, spec: TopicSpec, timeout: float = 30.0) -> EnsureResult:
+def ensure_topic(kafka, spec: TopicSpec, timeout: float = 30.0) -> EnsureResult:
     """Create the topic if it is missing. Safe to call concurrently and repeatedly."""
-    state = describe_topic(bootstrap, spec.name, timeout)
+    state = describe_topic(kafka, spec.name, timeout)
     if state.exists:
         return EnsureResult("exists", state.partitions)
-    admin = _admin(bootstrap)
+    admin = _admin(kafka)
     fut = admin.create_topics([NewTopic(spec.name, num_partitions=spec.partitions,
                                         replication_factor=spec.replication_factor, config=dict(spec.configs))],
                               operation_timeout=timeout)[spec.name]
@@ -105,7 +109,7 @@ def ensure_topic(bootstrap: str, spec: TopicSpec, timeout: float = 30.0) -> Ensu
         if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
             raise
         action = "exists"
-    return EnsureResult(action, describe_topic(bootstrap, spec.name, timeout).partitions)
+    return EnsureResult(action, describe_topic(kafka, spec.name, timeout).partitions)
 
 
 def drift(spec: TopicSpec, state: TopicState) -> list[str]:

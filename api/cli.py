@@ -107,16 +107,20 @@ def _migrate(args) -> int:
 
 
 def _topic(args) -> int:
-    from aether_platform.settings import get_settings
+    from aether_platform.kafka_client import KafkaConfigError, client_config
     from aether_platform.topics import declared_topic, describe_topic, drift, ensure_topic
 
-    bootstrap = get_settings().kafka_bootstrap_servers
+    try:
+        kafka = client_config()
+    except KafkaConfigError as exc:
+        print(f"aether topic: {exc}", file=sys.stderr)
+        return 2
     spec = declared_topic()
     if args.action == "provision":
-        log.info("provisioning topic %s on %s", spec.name, bootstrap)
-        result = ensure_topic(bootstrap, spec)
+        log.info("provisioning topic %s on %s", spec.name, kafka["bootstrap.servers"])
+        result = ensure_topic(kafka, spec)
         print(f"{spec.name}: {result.action}, {result.partitions} partitions")
-    problems = drift(spec, describe_topic(bootstrap, spec.name))
+    problems = drift(spec, describe_topic(kafka, spec.name))
     for p in problems:
         print(f"drift: {p}")
     return 1 if problems else 0

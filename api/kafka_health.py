@@ -7,12 +7,14 @@ import time
 
 from confluent_kafka.admin import AdminClient
 
+from aether_platform.kafka_client import connection
 from aether_platform.topics import silent_logger
 
 
 class KafkaProbe:
-    def __init__(self, bootstrap: str, ttl: float = 2.0):
-        self._admin = AdminClient({"bootstrap.servers": bootstrap, "logger": silent_logger("aether.kafka.probe"),
+    def __init__(self, kafka=None, ttl: float = 2.0):
+        """`kafka`: a bootstrap list or a kafka_client config dict; None = the configured cluster."""
+        self._admin = AdminClient({**connection(kafka), "logger": silent_logger("aether.kafka.probe"),
                                    "socket.timeout.ms": 1500})
         self._ttl = ttl
         self._at = 0.0

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from aether_platform.kafka_client import client_config
 from aether_platform.settings import get_settings
 from api import docs, problems
 from api.db import make_pool, make_statement_pool
@@ -34,7 +35,7 @@ async def lifespan(app: FastAPI):
     statements = make_statement_pool(settings)
     await statements.open()
     app.state.statements = statements
-    app.state.kafka_probe = KafkaProbe(settings.kafka_bootstrap_servers)
+    app.state.kafka_probe = KafkaProbe(client_config(settings=settings))
     await stream_lifecycle.start(app)
     # Everything built so far (modules, FastAPI's routes, pydantic's validators) lives as long
     # as the process; frozen, the cyclic GC stops re-scanning it. Without this a full

@@ -35,8 +35,9 @@ def _state_metadata(state) -> dict:
 )
 def crm_events_topic(kafka: KafkaCluster) -> dg.MaterializeResult:
     spec = declared_topic()
-    result = ensure_topic(kafka.bootstrap_servers, spec)
-    state = describe_topic(kafka.bootstrap_servers, spec.name)
+    conn = kafka.client_config()
+    result = ensure_topic(conn, spec)
+    state = describe_topic(conn, spec.name)
     return dg.MaterializeResult(metadata={"action": result.action, **_state_metadata(state)})
 
 
@@ -55,7 +56,7 @@ crm_events = dg.AssetSpec(
                 description="Partitions (may grow, never shrink), replication factor and configs as declared.")
 def topic_matches_spec(kafka: KafkaCluster) -> dg.AssetCheckResult:
     spec = declared_topic()
-    state = describe_topic(kafka.bootstrap_servers, spec.name)
+    state = describe_topic(kafka.client_config(), spec.name)
     problems = drift(spec, state)
     return dg.AssetCheckResult(passed=not problems,
                                metadata={"drift": dg.MetadataValue.json(problems), **_state_metadata(state)})

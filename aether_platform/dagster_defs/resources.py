@@ -9,6 +9,7 @@ import psycopg
 import pydantic
 
 from aether_platform.db_url import libpq_url
+from aether_platform.kafka_client import client_config
 from aether_platform.relay import RelayConfig, RelaySettings
 
 _cached: dict[str, psycopg.Connection] = {}
@@ -34,10 +35,15 @@ class CrmDatabase(dg.ConfigurableResource):
 
 
 class KafkaCluster(dg.ConfigurableResource):
-    """The Kafka cluster and the name of the CRM events topic."""
+    """The Kafka cluster and the name of the CRM events topic. TLS and SASL come from the process
+    environment (KAFKA_SECURITY_PROTOCOL, ...; aether_platform/kafka_client.py), as for every other
+    Kafka client of the platform: the password file never enters Dagster's run config."""
 
     bootstrap_servers: str
     topic: str
+
+    def client_config(self) -> dict:
+        return client_config(self.bootstrap_servers)
 
 
 def _relay_resource_fields() -> dict:

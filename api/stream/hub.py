@@ -21,6 +21,7 @@ from typing import Protocol
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
 
+from aether_platform.kafka_client import client_config
 from api.stream.cursor import Cursor, CursorEncoder, CursorError, topic_epoch
 from aether_platform.topics import silent_logger
 from api.stream import frames
@@ -30,9 +31,9 @@ from api.stream.ring import PartitionRing
 log = logging.getLogger("aether.stream")
 
 
-def consumer_config(bootstrap: str, group: str) -> dict:
+def consumer_config(settings, group: str) -> dict:
     # group.id only satisfies librdkafka: partitions are assigned, nothing is ever committed.
-    return {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+    return {**client_config(settings=settings), "group.id": group, "enable.auto.commit": False,
             "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": 50, "socket.keepalive.enable": True,
             "logger": silent_logger("aether.stream.kafka")}
@@ -159,7 +160,7 @@ class StreamHub:
 
     def _connect(self) -> None:
         s = self.settings
-        meta = Consumer(consumer_config(s.kafka_bootstrap_servers, s.stream_group))
+        meta = Consumer(consumer_config(s, s.stream_group))
         try:
             md = meta.list_topics(self.topic, timeout=5)
             t = md.topics.get(self.topic)
@@ -179,7 +180,7 @@ class StreamHub:
         self._high_at_start = [high for _, high in marks]
         self._visible = list(starts)
         self._dedup = [DedupWindow(s.sse_dedup_window) for _ in range(n)]
-        consumer = Consumer(consumer_config(s.kafka_bootstrap_servers, s.stream_group))
+        consumer = Consumer(consumer_config(s, s.stream_group))
         consumer.assign([TopicPartition(self.topic, p, st) for p, st in enumerate(starts)])
         self._meta, self._consumer = meta, consumer
         self._thread = threading.Thread(target=self._poll_loop, name="sse-hub-consumer", daemon=True)
@@ -191,7 +192,7 @@ class StreamHub:
             from confluent_kafka import TopicCollection
             from confluent_kafka.admin import AdminClient
 
-            admin = AdminClient({"bootstrap.servers": self.settings.kafka_bootstrap_servers,
+            admin = AdminClient({**client_config(settings=self.settings),
                                  "logger": silent_logger("aether.stream.admin")})
             fut = admin.describe_topics(TopicCollection([self.topic]))[self.topic]
             return str(fut.result(timeout=5).topic_id)
@@ -381,7 +382,7 @@ class StreamHub:
                 self.catchup_active -= 1
 
     def catchup_consumer(self, starts: dict[int, int]) -> Consumer:
-        c = Consumer(consumer_config(self.settings.kafka_bootstrap_servers,
+        c = Consumer(consumer_config(self.settings,
                                      f"{self.settings.stream_group}-catchup-{uuid.uuid4().hex[:8]}"))
         c.assign([TopicPartition(self.topic, p, off) for p, off in starts.items()])
         return c
