@@ -6,6 +6,12 @@ Every piece is a process we start detached, with a pid file and a log under the 
 Waiting shows progress, and a timeout names the piece that failed and the path of its log.
 
 With DATABASE_URL or KAFKA_BOOTSTRAP_SERVERS set, that server is used and none is started.
+
+Two profiles (`--profile`, AETHER_PROFILE): `development` (plaintext, auth off) and `production`,
+the configuration of deploy/compose.yaml and the Helm values on this machine: TLS certificates made
+at setup with openssl, Kafka over SASL_SSL (SCRAM-SHA-512), PostgreSQL over TLS only with
+sslmode=verify-full clients, auth on, JSON logs. It lives in `<state dir>/production`, beside the
+development stack's state, so switching profiles never rewrites the other's data.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from typing import Callable
 REPO = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 
+PROFILES = ("development", "production")
 INFRA = ("postgres", "kafka", "prometheus")
 PLATFORM = ("api", "dagster-webserver", "dagster-daemon")
 ALL = INFRA + PLATFORM
@@ -61,6 +68,21 @@ class Config:
     dagster_port: int = field(default_factory=lambda: _env_int("AETHER_DAGSTER_PORT", 3000))
     external_database_url: str | None = field(default_factory=lambda: os.environ.get("DATABASE_URL") or None)
     external_kafka: str | None = field(default_factory=lambda: os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None)
+    profile: str = field(default_factory=lambda: os.environ.get("AETHER_PROFILE") or "development")
+    # Ports configured as 0: picked by the stack at start (see _start_on_ports).
+    auto_ports: set[str] = field(default_factory=set, init=False)
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise StackError(f"unknown profile {self.profile!r}; known: {', '.join(PROFILES)}")
+        if self.production:
+            self.state_dir = self.state_dir / "production"
+        self.auto_ports = {a for attrs in _PORTS.values() for a in attrs if getattr(self, a) == 0}
+        _load_ports(self)
+
+    @property
+    def production(self) -> bool:
+        return self.profile == "production"
 
     @property
     def logs(self) -> Path:
@@ -75,7 +97,13 @@ class Config:
 
     @property
     def database_url(self) -> str:
-        return self.external_database_url or f"postgresql://aether@127.0.0.1:{self.pg_port}/crm"
+        if self.external_database_url:
+            return self.external_database_url
+        if self.production:
+            # verify-full: the server's certificate must chain to our CA and name 127.0.0.1.
+            return (f"postgresql://aether@127.0.0.1:{self.pg_port}/crm"
+                    f"?sslmode=verify-full&sslrootcert={tls_dir(self) / 'ca.crt'}")
+        return f"postgresql://aether@127.0.0.1:{self.pg_port}/crm"
 
     @property
     def dagster_pg_url(self) -> str:
@@ -117,7 +145,29 @@ class Config:
             "DAGSTER_URL": self.dagster_url,
             "DAGSTER_PG_URL": self.dagster_pg_url,
             "DAGSTER_HOME": str(self.dagster_home),
+            **{k: v for k, v in self.kafka_env().items() if v},
+            **production_env(self),
         }
+
+    def kafka_env(self) -> dict[str, str]:
+        """KAFKA_* connection settings (aether_platform/kafka_client.py) for this stack's broker:
+        those of our own broker's profile, or, for an external cluster, the caller's environment."""
+        from aether_platform.kafka_client import env_names
+
+        if self.external_kafka:
+            return {k: os.environ.get(k, "") for k in env_names()}
+        own = {k: "" for k in env_names()}
+        own["KAFKA_BOOTSTRAP_SERVERS"] = self.kafka_bootstrap
+        if self.production:
+            own.update(production_kafka_env(self))
+        return own
+
+    def kafka_client_config(self) -> dict:
+        """The librdkafka connection config for this stack's broker, for the stack's own clients."""
+        from aether_platform.kafka_client import client_config
+        from aether_platform.settings import Settings
+
+        return client_config(settings=Settings(**self.kafka_env()))
 
 
 # --------------------------------------------------------------------------- output
@@ -362,6 +412,8 @@ def start_postgres(cfg: Config) -> None:
             shutil.chown(log, "postgres", "postgres")
         opts = (f"-p {cfg.pg_port} -c listen_addresses=127.0.0.1 -k {sock} -c max_connections=200"
                 " -c shared_buffers=256MB -c fsync=on")
+        if cfg.production:
+            opts += _pg_tls_options(cfg)
         say(f"postgres: starting on 127.0.0.1:{cfg.pg_port} (log: {log})")
         r = subprocess.run(_as_pg_user([_pg_bin("pg_ctl"), "start", "-D", str(data), "-l", str(log),
                                         "-o", opts, "-w", "-t", "60"]), capture_output=True, text=True)
@@ -460,12 +512,12 @@ def _java() -> str:
     return java
 
 
-def _kafka_ready(bootstrap: str) -> bool:
+def _kafka_ready(cfg: Config) -> bool:
     from confluent_kafka.admin import AdminClient
 
     from aether_platform.topics import silent_logger
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000,
+    admin = AdminClient({**cfg.kafka_client_config(), "socket.timeout.ms": 2000,
                          "logger": silent_logger("aether.stack.kafka")})
     md = admin.list_topics(timeout=2)
     return bool(md.brokers)
@@ -475,7 +527,7 @@ def start_kafka(cfg: Config) -> None:
     if cfg.external_kafka:
         say("kafka: KAFKA_BOOTSTRAP_SERVERS is set, using that cluster (none started)")
         wait_until("kafka", f"AdminClient metadata from {cfg.external_kafka}",
-                   lambda: _kafka_ready(cfg.external_kafka), _external_wait(), None)
+                   lambda: _kafka_ready(cfg), _external_wait(), None)
         return
     log = cfg.log("kafka")
     if running(cfg, "kafka"):
@@ -490,6 +542,9 @@ def start_kafka(cfg: Config) -> None:
         props = kdir / "server.properties"
         props.write_text((HERE / "kafka" / "server.properties.tmpl").read_text().format(
             port=cfg.kafka_port, controller_port=cfg.kafka_controller_port, data_dir=data))
+        format_args: list[str] = []
+        if cfg.production:
+            format_args = _kafka_production_properties(cfg, props)
         cp = f"{libs}/*"
         jvm = [_java(), "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
                f"-Dlog4j2.configurationFile={HERE / 'kafka' / 'log4j2.properties'}",
@@ -501,12 +556,12 @@ def start_kafka(cfg: Config) -> None:
             say("kafka: formatting KRaft storage")
             r = subprocess.run([*jvm, "kafka.tools.StorageTool", "format",
                                 f"--cluster-id={cluster_file.read_text().strip()}",
-                                "-c", str(props), "--ignore-formatted"], capture_output=True, text=True)
+                                "-c", str(props), "--ignore-formatted", *format_args], capture_output=True, text=True)
             if r.returncode != 0:
                 raise StackError(f"kafka: storage format failed: {r.stdout.strip()} {r.stderr.strip()}")
         say(f"kafka: starting broker on {cfg.kafka_bootstrap} (log: {log})")
         _spawn(cfg, "kafka", [*jvm, "kafka.Kafka", str(props)])
-    wait_until("kafka", f"AdminClient metadata from {cfg.kafka_bootstrap}", lambda: _kafka_ready(cfg.kafka_bootstrap),
+    wait_until("kafka", f"AdminClient metadata from {cfg.kafka_bootstrap}", lambda: _kafka_ready(cfg),
                120, log, alive=lambda: running(cfg, "kafka"))
 
 
@@ -545,6 +600,9 @@ def start_prometheus(cfg: Config) -> None:
         conf = pdir / "prometheus.yml"
         conf.write_text((HERE / "prometheus" / "prometheus.yml.tmpl").read_text().format(
             rules_glob=rules_glob(), api_target=f"127.0.0.1:{cfg.api_port}"))
+        if cfg.production:  # auth is on: /metrics needs the operator token
+            with conf.open("a") as f:
+                f.write(f"    authorization:\n      credentials_file: {secrets_dir(cfg) / 'operator.token'}\n")
         say(f"prometheus: starting on {url} (log: {log})")
         _spawn(cfg, "prometheus", [binary, f"--config.file={conf}", f"--storage.tsdb.path={pdir / 'data'}",
                                    f"--web.listen-address=127.0.0.1:{cfg.prometheus_port}",
@@ -573,12 +631,13 @@ def provision_topic(cfg: Config) -> None:
     from aether_platform.topics import declared_topic, ensure_topic
 
     spec = declared_topic()
-    result = ensure_topic(cfg.kafka_bootstrap, spec)
+    result = ensure_topic(cfg.kafka_client_config(), spec)
     say(f"kafka: topic {spec.name} {result.action} ({result.partitions} partitions)")
 
 
 def _platform_env(cfg: Config) -> dict[str, str]:
-    return {**cfg.env(), "PYTHONPATH": str(REPO)}
+    # kafka_env() in full: empty values override KAFKA_* a shell may have exported for another broker.
+    return {**cfg.env(), **cfg.kafka_env(), "PYTHONPATH": str(REPO)}
 
 
 def _venv_bin(tool: str) -> str:
@@ -644,24 +703,292 @@ def start_dagster(cfg: Config) -> None:
                alive=lambda: running(cfg, "dagster-daemon"))
 
 
+# --------------------------------------------------------------------------- production profile
+#
+# Everything the production profile adds, in one place: certificates, secrets, the servers' TLS
+# and SASL settings, the platform's environment, and ports picked at start. Files live in the
+# profile's state dir (git-ignored), made once and reused: tls/ (CA and server certificate for
+# 127.0.0.1 and localhost), secrets/ (0600: Kafka passwords, the keystore password, the API token
+# file of hashes and the operator token Prometheus scrapes with).
+
+PLATFORM_KAFKA_USER = "aether"
+_BROKER_KAFKA_USER = "broker"  # the broker's own SCRAM user, for its inter-broker listener
+
+
+def tls_dir(cfg: Config) -> Path:
+    return cfg.state_dir / "tls"
+
+
+def secrets_dir(cfg: Config) -> Path:
+    return cfg.state_dir / "secrets"
+
+
+def production_kafka_env(cfg: Config) -> dict[str, str]:
+    return {
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "KAFKA_SASL_USERNAME": PLATFORM_KAFKA_USER,
+        "KAFKA_SASL_PASSWORD_FILE": str(secrets_dir(cfg) / f"kafka-{PLATFORM_KAFKA_USER}.password"),
+        "KAFKA_SSL_CA_LOCATION": str(tls_dir(cfg) / "ca.crt"),
+        "KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM": "https",
+    }
+
+
+def production_env(cfg: Config) -> dict[str, str]:
+    """The platform processes' settings beyond the servers' URLs: auth on, JSON logs. OIDC
+    (AETHER_AUTH_OIDC_*) passes through from the environment, or comes from the provider the
+    profile started (oidc.json in the state dir)."""
+    if not cfg.production:
+        return {}
+    env = {"AETHER_AUTH": "on", "AETHER_AUTH_TOKEN_FILE": str(secrets_dir(cfg) / "tokens"),
+           "AETHER_LOG_FORMAT": "json"}
+    oidc = cfg.state_dir / "oidc.json"
+    if oidc.exists():
+        import json
+
+        env.update(json.loads(oidc.read_text()))
+    return env
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    openssl = shutil.which("openssl")
+    if not openssl:
+        raise StackError("production profile: `openssl` is needed to make its certificates. Debian: `apt-get install -y openssl`.")
+    r = subprocess.run([openssl, *args], cwd=cwd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise StackError(f"production profile: openssl {args[0]} failed: {r.stderr.strip()}")
+
+
+def ensure_tls(cfg: Config) -> None:
+    """A CA and a server certificate signed by it, for 127.0.0.1 and localhost (what the clients
+    verify with verify-full / https endpoint identification), plus the broker's PKCS#12 keystore."""
+    d = tls_dir(cfg)
+    if (d / "server.p12").exists():
+        return
+    d.mkdir(parents=True, exist_ok=True)
+    say(f"tls: making a CA and a server certificate in {d}")
+    days = "825"
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", days,
+             "-subj", "/CN=Aether local production-profile CA",
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+             "-subj", "/CN=localhost", cwd=d)
+    (d / "server.ext").write_text("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+                                  "extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "server.crt", "-days", days, "-extfile", "server.ext", cwd=d)
+    for key in ("ca.key", "server.key"):
+        os.chmod(d / key, 0o600)
+    password = _secret(cfg, "keystore.password")
+    _openssl("pkcs12", "-export", "-in", "server.crt", "-inkey", "server.key", "-certfile", "ca.crt",
+             "-name", "kafka", "-out", "server.p12", "-passout", f"file:{secrets_dir(cfg) / 'keystore.password'}",
+             cwd=d)
+    del password
+
+
+def _secret(cfg: Config, name: str) -> str:
+    """A generated secret in secrets/ (0600), made on first use and reused afterwards."""
+    import secrets
+
+    d = secrets_dir(cfg)
+    d.mkdir(parents=True, exist_ok=True)
+    os.chmod(d, 0o700)
+    path = d / name
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+def ensure_secrets(cfg: Config) -> None:
+    """Kafka passwords, and the API's token file with one operator token (its clear value in
+    operator.token, which Prometheus scrapes /metrics with). Tenant tokens: append lines made by
+    `aether auth hash-token` to secrets/tokens; the API re-reads it on change."""
+    from aether_platform.auth import OPERATOR, hash_token
+
+    for user in (PLATFORM_KAFKA_USER, _BROKER_KAFKA_USER):
+        _secret(cfg, f"kafka-{user}.password")
+    tokens = secrets_dir(cfg) / "tokens"
+    if not tokens.exists():
+        operator = _secret(cfg, "operator.token")
+        tokens.write_text(f"# API tokens of the production profile (hashes only; see `aether auth hash-token`)\n"
+                          f"{hash_token(operator)} {OPERATOR} stack-operator\n")
+        os.chmod(tokens, 0o600)
+
+
+def prepare_production(cfg: Config) -> None:
+    ensure_secrets(cfg)
+    ensure_tls(cfg)
+
+
+def _pg_tls_options(cfg: Config) -> str:
+    """ssl=on with our certificate, and an hba file that refuses every TCP connection without TLS.
+    PostgreSQL runs as `postgres` and wants its key private to itself: it gets its own copies."""
+    pgtls = _pg_dir(cfg) / "tls"
+    pgtls.mkdir(exist_ok=True)
+    for name in ("server.crt", "server.key", "ca.crt"):
+        shutil.copyfile(tls_dir(cfg) / name, pgtls / name)
+        os.chmod(pgtls / name, 0o600 if name.endswith(".key") else 0o644)
+    hba = _pg_dir(cfg) / "pg_hba.production.conf"
+    hba.write_text("# production profile: TCP only over TLS (clients verify the server: sslmode=verify-full)\n"
+                   "local     all all              trust\n"
+                   "hostssl   all all 127.0.0.1/32 trust\n"
+                   "hostnossl all all 0.0.0.0/0    reject\n")
+    if os.geteuid() == 0:
+        subprocess.run(["chown", "-R", "postgres:postgres", str(pgtls), str(hba)], check=True)
+    return (f" -c ssl=on -c ssl_cert_file={pgtls / 'server.crt'} -c ssl_key_file={pgtls / 'server.key'}"
+            f" -c ssl_min_protocol_version=TLSv1.2 -c hba_file={hba}")
+
+
+def _kafka_production_properties(cfg: Config, props: Path) -> list[str]:
+    """Rewrites the broker's properties for one SASL_SSL listener (SCRAM-SHA-512 over TLS) and
+    returns the storage-format arguments that create its SCRAM users. The KRaft controller
+    listener stays plaintext on loopback: SCRAM cannot authenticate it (KIP-554); a real cluster
+    puts it on mTLS (docs/deploy.md)."""
+    tls, sec = tls_dir(cfg), secrets_dir(cfg)
+    text = props.read_text()
+    text = text.replace(f"listeners=PLAINTEXT://127.0.0.1:{cfg.kafka_port}", f"listeners=SASL_SSL://127.0.0.1:{cfg.kafka_port}")
+    text = text.replace("listener.security.protocol.map=PLAINTEXT:PLAINTEXT,", "listener.security.protocol.map=SASL_SSL:SASL_SSL,")
+    text = text.replace("inter.broker.listener.name=PLAINTEXT", "inter.broker.listener.name=SASL_SSL")
+    assert "PLAINTEXT://" not in text and "inter.broker.listener.name=SASL_SSL" in text, "server.properties.tmpl changed"
+    broker_password = _secret(cfg, f"kafka-{_BROKER_KAFKA_USER}.password")
+    text += (
+        "\n# production profile (devstack/stack.py)\n"
+        "sasl.enabled.mechanisms=SCRAM-SHA-512\n"
+        "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512\n"
+        "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule"
+        f' required username="{_BROKER_KAFKA_USER}" password="{broker_password}";\n'
+        "ssl.keystore.type=PKCS12\n"
+        f"ssl.keystore.location={tls / 'server.p12'}\n"
+        f"ssl.keystore.password={_secret(cfg, 'keystore.password')}\n"
+        f"ssl.key.password={_secret(cfg, 'keystore.password')}\n"
+        "ssl.truststore.type=PEM\n"
+        f"ssl.truststore.location={tls / 'ca.crt'}\n"
+        "ssl.endpoint.identification.algorithm=https\n"
+        "ssl.enabled.protocols=TLSv1.3,TLSv1.2\n"
+    )
+    props.write_text(text)
+    os.chmod(props, 0o600)
+    return [f"--add-scram=SCRAM-SHA-512=[name={user},password={_secret(cfg, f'kafka-{user}.password')}]"
+            for user in (PLATFORM_KAFKA_USER, _BROKER_KAFKA_USER)]
+
+
+# Ports: with AETHER_*_PORT=0 the stack picks free ones at start (bind port 0, read it back) and, if
+# a server then finds its port taken by another process meanwhile, picks again. The ports are kept
+# in ports.json, so status/env/down and a restart of one server see the same ones.
+_PORTS = {"postgres": ("pg_port",), "kafka": ("kafka_port", "kafka_controller_port"),
+          "prometheus": ("prometheus_port",), "api": ("api_port",), "dagster-webserver": ("dagster_port",)}
+_PORT_ENV = {"pg_port": "AETHER_PG_PORT", "kafka_port": "AETHER_KAFKA_PORT",
+             "kafka_controller_port": "AETHER_KAFKA_CONTROLLER_PORT", "prometheus_port": "AETHER_PROMETHEUS_PORT",
+             "api_port": "AETHER_API_PORT", "dagster_port": "AETHER_DAGSTER_PORT"}
+
+
+def _ports_file(cfg: Config) -> Path:
+    return cfg.state_dir / "ports.json"
+
+
+def _load_ports(cfg: Config) -> None:
+    import json
+
+    try:
+        saved = json.loads(_ports_file(cfg).read_text())
+    except (OSError, ValueError):
+        return
+    # A port picked earlier holds unless the environment names another one.
+    for attr, port in saved.items():
+        if attr in _PORT_ENV and os.environ.get(_PORT_ENV[attr], "0") in ("", "0"):
+            setattr(cfg, attr, int(port))
+
+
+def _save_ports(cfg: Config, attrs: tuple[str, ...]) -> None:
+    import json
+
+    try:
+        saved = json.loads(_ports_file(cfg).read_text())
+    except (OSError, ValueError):
+        saved = {}
+    saved.update({a: getattr(cfg, a) for a in attrs})
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    _ports_file(cfg).write_text(json.dumps(saved))
+
+
+def _bound_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_BIND_ERRORS = ("address already in use", "could not bind", "bindexception", "is taken")
+
+
+def pick_ports(cfg: Config, services: tuple[str, ...]) -> None:
+    """Give every auto port still unset a free one, before any server starts, so that each
+    server's configuration can name the others' ports (Prometheus scrapes the API)."""
+    picked = tuple(a for name in services for a in _PORTS.get(name, ()) if a in cfg.auto_ports and getattr(cfg, a) == 0)
+    for attr in picked:
+        setattr(cfg, attr, _bound_port())
+    if picked:
+        _save_ports(cfg, picked)
+
+
+def _start_on_ports(cfg: Config, name: str, start: Callable[[Config], None], attempts: int = 5) -> None:
+    auto = tuple(a for a in _PORTS.get(name, ()) if a in cfg.auto_ports)
+    if not auto:
+        start(cfg)
+        return
+    for attempt in range(1, attempts + 1):
+        if attempt > 1:
+            for attr in auto:
+                setattr(cfg, attr, _bound_port())
+            _save_ports(cfg, auto)
+        try:
+            start(cfg)
+            return
+        except StackError as exc:
+            tail = _log_tail(cfg.log(name)).lower() + str(exc).lower()
+            if attempt == attempts or not any(e in tail for e in _BIND_ERRORS):
+                raise
+            say(f"{name}: its port was taken meanwhile; trying others")
+            if name == "postgres":
+                stop_postgres(cfg)
+            else:
+                _stop_group(cfg, name)
+
+
+def _log_tail(log: Path, size: int = 8192) -> str:
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - size))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 # --------------------------------------------------------------------------- commands
 
 
 def up(cfg: Config, services: tuple[str, ...] = ALL) -> None:
     t0 = time.monotonic()
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.production:
+        say(f"profile: production (state: {cfg.state_dir})")
+        prepare_production(cfg)
+    pick_ports(cfg, services)
     if "postgres" in services:
-        start_postgres(cfg)
+        _start_on_ports(cfg, "postgres", start_postgres)
         migrate(cfg)
     if "kafka" in services:
-        start_kafka(cfg)
+        _start_on_ports(cfg, "kafka", start_kafka)
         provision_topic(cfg)
     if "prometheus" in services:
-        start_prometheus(cfg)
+        _start_on_ports(cfg, "prometheus", start_prometheus)
     if "api" in services:
-        start_api(cfg)
+        _start_on_ports(cfg, "api", start_api)
     if "dagster-webserver" in services or "dagster-daemon" in services:
-        start_dagster(cfg)
+        _start_on_ports(cfg, "dagster-webserver", start_dagster)
     say(f"up in {time.monotonic() - t0:.1f}s")
 
 
