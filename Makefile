@@ -4,12 +4,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 AETHER := $(VENV)/bin/aether
 PYTEST_ARGS ?=
+# `make up PROFILE=production`: the production profile (TLS, Kafka SASL_SSL, auth on; docs/deploy.md).
+PROFILE ?=
+STACK_PROFILE := $(if $(PROFILE),--profile $(PROFILE))
 
 .PHONY: help bootstrap run up down status env test bench dashboards clean
 
 help:
 	@echo "make run    - install what is missing, start the whole platform in the foreground (Ctrl-C stops it)"
-	@echo "make up     - the same in the background; returns when everything is ready"
+	@echo "make up     - the same in the background; returns when everything is ready (PROFILE=production: TLS, SASL, auth)"
 	@echo "make down   - stop everything the stack started"
 	@echo "make env    - print export lines for the running stack"
 	@echo "make test   - install and start what the tests need, run the whole suite"
@@ -19,19 +22,19 @@ bootstrap:
 	@devstack/bootstrap.sh
 
 run: bootstrap
-	@$(AETHER) stack up --foreground
+	@$(AETHER) stack up --foreground $(STACK_PROFILE)
 
 up: bootstrap
-	@$(AETHER) stack up
+	@$(AETHER) stack up $(STACK_PROFILE)
 
 down:
-	@if [ -x $(AETHER) ]; then $(AETHER) stack down; else echo "nothing to stop (no .venv)"; fi
+	@if [ -x $(AETHER) ]; then $(AETHER) stack down $(STACK_PROFILE); else echo "nothing to stop (no .venv)"; fi
 
 status: bootstrap
-	@$(AETHER) stack status
+	@$(AETHER) stack status $(STACK_PROFILE)
 
 env: bootstrap
-	@$(AETHER) stack env
+	@$(AETHER) stack env $(STACK_PROFILE)
 
 # The suite starts its own API processes; the stack gives it Postgres, Kafka and Prometheus.
 test:

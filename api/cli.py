@@ -32,8 +32,8 @@ def _stack(args) -> int:
             raise
         raise _checkout_missing("devstack") from None
 
-    cfg = stack.Config()
     try:
+        cfg = stack.Config(**({"profile": args.profile} if args.profile else {}))
         services = _stack_services(args, stack)
         if args.action == "up":
             if args.foreground:
@@ -42,6 +42,9 @@ def _stack(args) -> int:
             stack.print_urls(cfg, services)
         elif args.action == "down":
             stack.down(cfg, services)
+            # Without --profile, `down` stops whichever profile runs: production lives under the same state dir.
+            if not args.profile and not cfg.production and (cfg.state_dir / "production" / "pids").is_dir():
+                stack.down(stack.Config(profile="production"), services)
         elif args.action == "restart":
             stack.restart(cfg, services)
             stack.print_urls(cfg, services)
@@ -193,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="services to act on, e.g. `restart kafka`; same as --services")
     p.add_argument("--services", help="comma list of services, or 'infra' (postgres,kafka,prometheus) or 'all'")
     p.add_argument("--foreground", action="store_true", help="(up only) stay attached; Ctrl-C stops everything started")
+    p.add_argument("--profile", choices=["development", "production"],
+                   help="development (default; $AETHER_PROFILE) or production: TLS, Kafka SASL_SSL, auth on, "
+                        "JSON logs (docs/deploy.md)")
     p.set_defaults(func=_stack)
 
     p = sub.add_parser("migrate", help="apply or revert database migrations (Alembic)")

@@ -9,7 +9,8 @@ What a test gets (`ProductionStack`):
     api_url, database_url (verify-full, sslrootcert = the profile's CA), kafka (librdkafka config
     dict: SASL_SSL, SCRAM-SHA-512, password read from its file), env (every variable the
     platform processes got), token_file, operator_token, add_token(tenant) -> a new bearer token,
-    oidc (the devstack.oidc provider, or None while it is not in the tree), state_dir, logs_dir,
+    oidc (the devstack.oidc OidcProvider, or None while it is not in the tree) with oidc_token(client_id)
+    for the clients of OIDC_CLIENTS (tenant ids in OIDC_TENANTS), state_dir, logs_dir,
     stop_service(name) / start_service(name) for postgres, kafka, api, dagster-webserver,
     dagster-daemon, prometheus; start_service returns once the service is ready again.
 Tests that stop a service start it again before they end, so the stack is whole for the next one.
@@ -29,13 +30,12 @@ from pathlib import Path
 import pytest
 
 from devstack import stack
-from tests.conftest import REPO
+from tests.conftest import CLI, REPO
 
-CLI = [sys.executable, "-m", "aether_platform.cli"]
+
 # postgres and kafka in the profile's TLS/SASL configuration, the API with auth on, Dagster (its
 # storage over TLS, the relay over SASL_SSL) and Prometheus scraping /metrics with a token.
 SERVICES = "postgres,kafka,prometheus,api,dagster-webserver,dagster-daemon"
-OIDC_AUDIENCE = "aether-api"
 PORT_VARS = ("AETHER_PG_PORT", "AETHER_KAFKA_PORT", "AETHER_KAFKA_CONTROLLER_PORT", "AETHER_PROMETHEUS_PORT",
              "AETHER_API_PORT", "AETHER_DAGSTER_PORT")
 
@@ -101,6 +101,12 @@ class ProductionStack:
     def operator_token(self) -> str:
         return (stack.secrets_dir(self.cfg) / "operator.token").read_text().strip()
 
+    def oidc_token(self, client_id: str) -> str:
+        """A provider-issued JWT for one of OIDC_CLIENTS (operator, tenant-a, tenant-b)."""
+        assert self.oidc is not None, "devstack/oidc.py is not in the tree"
+        [client] = [c for c in OIDC_CLIENTS if c["client_id"] == client_id]
+        return self.oidc.token(client_id, client["client_secret"])
+
     def add_token(self, tenant: str, label: str = "test") -> str:
         """A new bearer token bound to `tenant` (a UUID, or "operator"); the API re-reads the file."""
         from aether_platform.auth import hash_token
@@ -129,21 +135,25 @@ class ProductionStack:
         return r
 
 
+# The provider's clients: one operator and two tenants (tenant ids in OIDC_TENANTS); secrets random.
+OIDC_TENANTS = {"tenant-a": str(uuid.uuid4()), "tenant-b": str(uuid.uuid4())}
+OIDC_CLIENTS = [{"client_id": "operator", "client_secret": secrets.token_urlsafe(24), "role": "operator"},
+                *({"client_id": cid, "client_secret": secrets.token_urlsafe(24), "tenant_id": tid}
+                  for cid, tid in OIDC_TENANTS.items())]
+
+
 def _start_oidc(state: Path) -> object | None:
-    """h17b's real OIDC provider (devstack/oidc.py), when it is in the tree: its issuer and JWKS
+    """The real OpenID Provider of devstack/oidc.py, when it is in the tree: its issuer and JWKS
     go into the profile's oidc.json, which the stack hands to the API as AETHER_AUTH_OIDC_*."""
     try:
         from devstack.oidc import OidcProvider  # noqa: PLC0415 - optional until it is merged
     except ImportError:
         return None
-    provider = OidcProvider()
-    info = provider.start() or {}
-    issuer = getattr(provider, "issuer", None) or info["issuer"]
-    jwks = getattr(provider, "jwks_uri", None) or info["jwks_uri"]
-    state.mkdir(parents=True, exist_ok=True)
+    provider = OidcProvider(OIDC_CLIENTS)
+    issuer, jwks_url = provider.start(state / "oidc")
     (state / "oidc.json").write_text(json.dumps({"AETHER_AUTH_OIDC_ISSUER": issuer,
-                                                 "AETHER_AUTH_OIDC_AUDIENCE": OIDC_AUDIENCE,
-                                                 "AETHER_AUTH_OIDC_JWKS_URL": jwks}))
+                                                 "AETHER_AUTH_OIDC_AUDIENCE": provider.audience,
+                                                 "AETHER_AUTH_OIDC_JWKS_URL": jwks_url}))
     return provider
 
 
@@ -152,6 +162,7 @@ def production_stack():
     base = REPO / ".stack" / "test-stacks" / f"production-{uuid.uuid4().hex[:8]}"
     base.mkdir(parents=True)
     env = _clean_env(base)
+    (base / "production").mkdir()
     oidc = _start_oidc(base / "production")
     r = subprocess.run([*CLI, "stack", "up", "--services", SERVICES], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=600)
