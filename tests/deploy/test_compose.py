@@ -108,7 +108,7 @@ def test_platform_services_share_the_image_and_start_after_init(config):
     assert "aether topic provision" in " ".join(services["init"]["command"])
     for name in ("dagster-webserver", "dagster-daemon"):
         env = services[name]["environment"]
-        assert env["DAGSTER_PG_URL"].endswith("@postgres:5432/dagster")
+        assert "@postgres:5432/dagster?sslmode=" in env["DAGSTER_PG_URL"]
         assert (DEPLOY / "dagster.yaml").resolve() in [s for s, _ in _bind_sources(services[name])]
 
 
@@ -153,3 +153,17 @@ def test_dagster_instance_config_is_valid(monkeypatch):
     monkeypatch.setenv("DAGSTER_PG_URL", "postgresql://u:p@postgres:5432/dagster")
     cfg, _ = dagster_instance_config(str(DEPLOY))
     assert "postgres" in cfg["storage"]
+
+
+def test_platform_services_take_every_kafka_client_setting_and_the_password_as_a_secret(config):
+    from aether_platform.kafka_client import env_names
+
+    for name in ("init", "api", "dagster-webserver", "dagster-daemon"):
+        service = config["services"][name]
+        env = service["environment"]
+        assert set(env_names()) <= set(env), name
+        secrets = [s["source"] if isinstance(s, dict) else s for s in service["secrets"]]
+        assert "kafka_sasl_password" in secrets, name
+        assert env["KAFKA_SASL_PASSWORD_FILE"] == "/run/secrets/kafka_sasl_password"
+        assert env["AETHER_LOG_FORMAT"] == "json"
+        assert "sslmode=" in env["DATABASE_URL"]

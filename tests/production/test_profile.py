@@ -107,11 +107,15 @@ def test_job_created_with_a_token_reaches_crm_events_over_sasl_ssl(production_st
     assert frame.json["value"]["Type"] == "JobCreated"
     assert frame.json["value"]["Title"] == title
 
-    # It went through the outbox and the relay (Dagster, over SASL_SSL), not around them.
+    # It went through the outbox and the relay (Dagster, over SASL_SSL), not around them. The relay
+    # commits published_at after the broker's ack, so it may trail the record on the stream.
     with psycopg.connect(libpq_url(production_stack.database_url), autocommit=True) as db:
-        published, offset = db.execute("SELECT published_at, kafka_offset FROM outbox_events WHERE aggregate_key = %s",
-                                       (job_id,)).fetchone()
-    assert published is not None and offset == frame.json["offset"]
+        deadline = time.monotonic() + 30
+        while (row := db.execute("SELECT published_at, kafka_offset FROM outbox_events WHERE aggregate_key = %s",
+                                 (job_id,)).fetchone())[0] is None:
+            assert time.monotonic() < deadline, "the relay never marked the event published"
+            time.sleep(0.1)
+    assert row[1] == frame.json["offset"]
 
 
 def _poll(url: str, until, what: str, timeout: float = 60) -> httpx.Response:
