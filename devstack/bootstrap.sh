@@ -21,6 +21,8 @@ missing=()
 have python3 || missing+=(python3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 have java || missing+=(openjdk-17-jre-headless)
+# The production profile makes its CA and certificates with openssl (tests/production too).
+have openssl || missing+=(openssl)
 have mvn || missing+=(maven)
 { [ -x /usr/lib/postgresql/15/bin/postgres ] || [ -n "${AETHER_PG_BIN:-}" ] || [ -n "${DATABASE_URL:-}" ]; } || missing+=(postgresql)
 { have prometheus && have promtool; } || missing+=(prometheus)

@@ -746,8 +746,46 @@ def production_env(cfg: Config) -> dict[str, str]:
     if oidc.exists():
         import json
 
-        env.update(json.loads(oidc.read_text()))
+        env.update({k: v for k, v in json.loads(oidc.read_text()).items() if k.startswith("AETHER_AUTH_OIDC_")})
     return env
+
+
+def start_oidc(cfg: Config) -> None:
+    """The local OpenID Provider (devstack/oidc.py) whose tokens the API accepts beside the token
+    file: one `operator` client, its secret in secrets/oidc-operator.secret. Left alone when OIDC
+    is configured otherwise: AETHER_AUTH_OIDC_ISSUER in the environment, or an oidc.json written
+    by someone else (the tests start a provider with clients of their own)."""
+    import json
+
+    info = cfg.state_dir / "oidc.json"
+    owned = cfg.state_dir / "oidc" / ".started-by-stack"
+    if os.environ.get("AETHER_AUTH_OIDC_ISSUER") or (info.exists() and not owned.exists()):
+        say("oidc: configured outside the stack; none started")
+        return
+    if running(cfg, "oidc"):
+        say("oidc: already running")
+        return
+    try:
+        from devstack import oidc
+    except ImportError:
+        say("oidc: devstack/oidc.py is not here; tokens come from the token file only")
+        return
+    if not oidc.installed():
+        raise StackError("oidc: the OpenID Provider is not installed; run `devstack/bootstrap.sh --oidc`")
+    secret = _secret(cfg, "oidc-operator.secret")
+    previous = json.loads(info.read_text()).get("port", 0) if info.exists() else 0
+    provider = oidc.OidcProvider([{"client_id": "operator", "client_secret": secret, "role": "operator"}],
+                                 port=previous)
+    try:
+        issuer, jwks_url = provider.start(cfg.state_dir / "oidc")
+    except oidc.OidcProviderError as exc:
+        raise StackError(f"oidc: {exc}") from None
+    cfg.pids.mkdir(parents=True, exist_ok=True)
+    _pidfile(cfg, "oidc").write_text(str(provider.proc.pid))
+    owned.touch()
+    info.write_text(json.dumps({"AETHER_AUTH_OIDC_ISSUER": issuer, "AETHER_AUTH_OIDC_AUDIENCE": provider.audience,
+                                "AETHER_AUTH_OIDC_JWKS_URL": jwks_url, "port": provider.port}))
+    say(f"oidc: OpenID Provider at {issuer} (client `operator`, secret in {secrets_dir(cfg) / 'oidc-operator.secret'})")
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -977,6 +1015,8 @@ def up(cfg: Config, services: tuple[str, ...] = ALL) -> None:
         say(f"profile: production (state: {cfg.state_dir})")
         prepare_production(cfg)
     pick_ports(cfg, services)
+    if cfg.production and "api" in services:
+        start_oidc(cfg)
     if "postgres" in services:
         _start_on_ports(cfg, "postgres", start_postgres)
         migrate(cfg)
@@ -1003,6 +1043,8 @@ def down(cfg: Config, services: tuple[str, ...] = ALL) -> None:
             stop_postgres(cfg)
         else:
             _stop_group(cfg, name)
+    if cfg.production and "api" in services:
+        _stop_group(cfg, "oidc")  # the API's identity provider goes with it
     say("down" if set(services) >= set(ALL) else f"down: {', '.join(s for s in ALL if s in services)}")
 
 
