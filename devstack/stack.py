@@ -817,11 +817,10 @@ def ensure_tls(cfg: Config) -> None:
              "-out", "server.crt", "-days", days, "-extfile", "server.ext", cwd=d)
     for key in ("ca.key", "server.key"):
         os.chmod(d / key, 0o600)
-    password = _secret(cfg, "keystore.password")
+    _secret(cfg, "keystore.password")  # made here if missing; openssl reads it from the file
     _openssl("pkcs12", "-export", "-in", "server.crt", "-inkey", "server.key", "-certfile", "ca.crt",
              "-name", "kafka", "-out", "server.p12", "-passout", f"file:{secrets_dir(cfg) / 'keystore.password'}",
              cwd=d)
-    del password
 
 
 def _secret(cfg: Config, name: str) -> str:
@@ -889,7 +888,8 @@ def _kafka_production_properties(cfg: Config, props: Path) -> list[str]:
     text = text.replace(f"listeners=PLAINTEXT://127.0.0.1:{cfg.kafka_port}", f"listeners=SASL_SSL://127.0.0.1:{cfg.kafka_port}")
     text = text.replace("listener.security.protocol.map=PLAINTEXT:PLAINTEXT,", "listener.security.protocol.map=SASL_SSL:SASL_SSL,")
     text = text.replace("inter.broker.listener.name=PLAINTEXT", "inter.broker.listener.name=SASL_SSL")
-    assert "PLAINTEXT://" not in text and "inter.broker.listener.name=SASL_SSL" in text, "server.properties.tmpl changed"
+    if "PLAINTEXT://" in text or "inter.broker.listener.name=SASL_SSL" not in text:
+        raise StackError("kafka: server.properties.tmpl no longer has the listeners the production profile rewrites")
     broker_password = _secret(cfg, f"kafka-{_BROKER_KAFKA_USER}.password")
     text += (
         "\n# production profile (devstack/stack.py)\n"
