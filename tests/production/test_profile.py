@@ -45,7 +45,7 @@ def test_kafka_serves_only_clients_with_sasl_credentials(production_stack):
     plaintext = {"bootstrap.servers": conf["bootstrap.servers"]}
     for refused in (tls_only, wrong_password, plaintext):
         with pytest.raises(KafkaException):
-            _metadata(refused, timeout=4)
+            _metadata(refused, timeout=3)
 
 
 def _other_ca(tmp_path) -> str:
