@@ -99,7 +99,10 @@ _LIBPQ_CLIENT_ONLY = {"connect_timeout", "keepalives", "keepalives_idle", "keepa
 
 
 def asyncpg_dsn(database_url: str) -> str:
-    """DATABASE_URL (a libpq URL) as asyncpg takes it: the same, less libpq's client-only options."""
+    """DATABASE_URL (a libpq URL) as asyncpg takes it: the same, less libpq's client-only options.
+    libpq's TLS parameters stay: asyncpg reads sslmode (verify-full checks the chain and the host
+    name), sslrootcert, sslcert, sslkey, sslpassword and sslcrl from the URL, as psycopg does
+    (tests/production proves verify-full and a refused wrong CA through both drivers)."""
     parts = urlsplit(libpq_url(database_url))
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in _LIBPQ_CLIENT_ONLY]
     return urlunsplit((*parts[:3], urlencode(query), parts.fragment))
