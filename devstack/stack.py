@@ -1080,6 +1080,10 @@ def print_urls(cfg: Config, services: tuple[str, ...]) -> None:
         ("Kafka bootstrap", cfg.kafka_bootstrap, "kafka"),
         ("PostgreSQL", _redact(cfg.database_url), "postgres"),
     ]
+    if cfg.production:
+        lines += [("Operator token (file)", str(secrets_dir(cfg) / "operator.token"), "api"),
+                  ("API token file", str(secrets_dir(cfg) / "tokens"), "api"),
+                  ("CA certificate", str(tls_dir(cfg) / "ca.crt"), "postgres")]
     print()
     for label, url, svc in lines:
         if svc in services:
