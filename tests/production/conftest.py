@@ -119,10 +119,8 @@ class ProductionStack:
 
     # ---- stopping and starting one piece ---------------------------------------------------
     def stop_service(self, name: str) -> None:
-        if name == "postgres":
-            stack.stop_postgres(self.cfg)
-        else:
-            stack._stop_group(self.cfg, name)
+        """`stack down --services NAME`: the others keep running."""
+        self.cli("stack", "down", "--services", name)
 
     def start_service(self, name: str) -> None:
         """`stack up --services NAME`: starts it if it is not running and waits until it is ready."""
