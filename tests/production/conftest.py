@@ -126,9 +126,10 @@ class ProductionStack:
         """`stack up --services NAME`: starts it if it is not running and waits until it is ready."""
         self.cli("stack", "up", "--services", name)
 
-    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        r = subprocess.run([*CLI, *args], cwd=REPO, env=self.env_for_cli, capture_output=True, text=True,
-                           timeout=timeout)
+    def cli(self, *args: str, timeout: float = 300, platform_env: bool = False) -> subprocess.CompletedProcess:
+        """`aether ARGS`; platform_env: with the platform processes' environment (DATABASE_URL, KAFKA_*)."""
+        env = {**self.env_for_cli, **self.env} if platform_env else self.env_for_cli
+        r = subprocess.run([*CLI, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
         assert r.returncode == 0, f"aether {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}"
         return r
 

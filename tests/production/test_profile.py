@@ -20,6 +20,7 @@ from confluent_kafka.admin import AdminClient
 
 from aether_platform.db_url import libpq_url
 from api.db import asyncpg_dsn
+from tests.conftest import CLI, REPO
 from tests.stream.sse_client import SseClient
 
 
@@ -46,6 +47,16 @@ def test_kafka_serves_only_clients_with_sasl_credentials(production_stack):
     for refused in (tls_only, wrong_password, plaintext):
         with pytest.raises(KafkaException):
             _metadata(refused, timeout=3)
+
+
+def test_cli_topic_commands_use_the_same_kafka_settings(production_stack):
+    r = production_stack.cli("topic", "check", platform_env=True)
+    assert "drift" not in r.stdout
+    broken = {**production_stack.env_for_cli, **production_stack.env, "KAFKA_SASL_PASSWORD_FILE": "/nonexistent"}
+    r = subprocess.run([*CLI, "topic", "check"], cwd=REPO, env=broken, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].endswith("KAFKA_SASL_PASSWORD_FILE=/nonexistent: cannot read it "
+                                                      "(No such file or directory)")
 
 
 def _other_ca(tmp_path) -> str:
