@@ -7,6 +7,8 @@ PYTEST_ARGS ?=
 # `make up PROFILE=production`: the production profile (TLS, Kafka SASL_SSL, auth on; docs/deploy.md).
 PROFILE ?=
 STACK_PROFILE := $(if $(PROFILE),--profile $(PROFILE))
+# The production profile also runs the local OpenID Provider, which bootstrap installs with --oidc.
+BOOTSTRAP_PROFILE := $(if $(filter production,$(PROFILE)),--oidc)
 
 .PHONY: help bootstrap run up down status env test bench dashboards clean
 
@@ -19,7 +21,7 @@ help:
 	@echo "make bench  - run every benchmark and rewrite BENCHMARKS.md"
 
 bootstrap:
-	@devstack/bootstrap.sh
+	@devstack/bootstrap.sh $(BOOTSTRAP_PROFILE)
 
 run: bootstrap
 	@$(AETHER) stack up --foreground $(STACK_PROFILE)
