@@ -524,6 +524,12 @@ def _kafka_ready(cfg: Config) -> bool:
 
 
 def start_kafka(cfg: Config) -> None:
+    from aether_platform.kafka_client import KafkaConfigError
+
+    try:  # a half-configured client is one clear line now, not a readiness timeout later
+        cfg.kafka_client_config()
+    except KafkaConfigError as exc:
+        raise StackError(f"kafka: {exc}") from None
     if cfg.external_kafka:
         say("kafka: KAFKA_BOOTSTRAP_SERVERS is set, using that cluster (none started)")
         wait_until("kafka", f"AdminClient metadata from {cfg.external_kafka}",
