@@ -3,27 +3,29 @@
 The asset graph reads as the data flows: crm/outbox_events (CRM database) → outbox_relay →
 kafka/crm_events, with kafka/crm_events_topic upstream of the relay because it must exist before
 anything publishes (Materialize all provisions it first and never waits behind a relay). Every
-sensor and the schedule start RUNNING, so an event written through the API reaches Kafka without a
+sensor and schedule starts RUNNING, so an event written through the API reaches Kafka without a
 click: outbox_relay_sensor keeps one relay going,
 topic_provisioning_sensor materializes the topic asset once when the instance has never done so
-(the stack also ensures the topic on `up`), and the expiry schedule prunes idempotency keys.
+(the stack also ensures the topic on `up`), the expiry schedule prunes idempotency keys, and the
+retention schedule retires published outbox rows past retention (crm/outbox_retention).
 """
 from __future__ import annotations
 
 import dagster as dg
 
-from aether_platform.dagster_defs import idempotency_keys, kafka_topic, outbox
+from aether_platform.dagster_defs import idempotency_keys, kafka_topic, outbox, outbox_retention
 from aether_platform.dagster_defs.resources import CrmDatabase, KafkaCluster, RelayResource
 from aether_platform.settings import get_settings
 
 defs = dg.Definitions(
     assets=[outbox.outbox_events, outbox.outbox_relay, kafka_topic.crm_events_topic, kafka_topic.crm_events,
-            idempotency_keys.idempotency_keys],
-    asset_checks=[outbox.oldest_pending_is_young, outbox.no_dead_lettered_events, kafka_topic.topic_matches_spec],
+            idempotency_keys.idempotency_keys, outbox_retention.outbox_retention],
+    asset_checks=[outbox.oldest_pending_is_young, outbox.no_dead_lettered_events, kafka_topic.topic_matches_spec,
+                  outbox_retention.retention_keeps_up],
     jobs=[outbox.relay_streaming_job, outbox.relay_batch_job, outbox.requeue_dead_lettered_events,
-          kafka_topic.provision_topic_job, idempotency_keys.expire_keys_job],
+          kafka_topic.provision_topic_job, idempotency_keys.expire_keys_job, outbox_retention.retire_outbox_job],
     sensors=[outbox.outbox_relay_sensor, outbox.outbox_health_sensor, kafka_topic.topic_provisioning_sensor],
-    schedules=[idempotency_keys.expire_keys_schedule],
+    schedules=[idempotency_keys.expire_keys_schedule, outbox_retention.retire_outbox_schedule],
     resources={
         "crm_db": CrmDatabase(dsn=dg.EnvVar("DATABASE_URL")),
         # The topic name has a default (aetherlink.events), so it comes from settings, not EnvVar.
