@@ -12,6 +12,7 @@ from bench.report import RESULTS, machine
 
 HERE = Path(__file__).resolve().parent
 SKIP = {"__main__", "report"}
+KEEP_MARKER = "<!-- make bench keeps what follows -->"
 
 
 def modules() -> list[str]:
@@ -19,12 +20,14 @@ def modules() -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    selected = argv or modules()
+    # `python -m bench soak --minutes 30`: options after the names go to the selected benchmarks.
+    options = argv[next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv)):]
+    selected = argv[:len(argv) - len(options)] or modules()
     failed = []
     for i, name in enumerate(selected, 1):
         print(f"[bench] ({i}/{len(selected)}) {name} …", flush=True)
         t0 = time.monotonic()
-        r = subprocess.run([sys.executable, "-m", f"bench.{name}"], cwd=HERE.parent)
+        r = subprocess.run([sys.executable, "-m", f"bench.{name}", *options], cwd=HERE.parent)
         print(f"[bench] ({i}/{len(selected)}) {name} finished in {time.monotonic() - t0:.0f}s (exit {r.returncode})",
               flush=True)
         if r.returncode != 0:
@@ -52,7 +55,10 @@ def write_markdown() -> None:
         if data.get("notes"):
             lines += ["", data["notes"]]
         lines.append("")
-    (HERE.parent / "BENCHMARKS.md").write_text("\n".join(lines))
+    # Hand-written analysis below the marker (e.g. the outbox growth calculation) survives a rewrite.
+    target = HERE.parent / "BENCHMARKS.md"
+    kept = target.read_text().partition(KEEP_MARKER)[2] if target.exists() else ""
+    target.write_text("\n".join(lines) + (KEEP_MARKER + kept if kept else ""))
     print(f"[bench] wrote {HERE.parent / 'BENCHMARKS.md'}")
 
 

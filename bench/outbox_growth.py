@@ -1,0 +1,217 @@
+"""Outbox growth and the cost of retention: what a large outbox_events does to the write path and
+the relay's claim, and what retiring published rows costs, measured at table sizes of our choice.
+
+For each size N (AETHER_BENCH_GROWTH_ROWS, comma-separated, default 1000000) a fresh database
+gets N published rows spread over 8 days (so 1/8 are past a 7-day retention) plus the indexes
+and a VACUUM ANALYZE, as a long-running outbox would have. Then:
+- create: single-row outbox inserts (the outbox part of a create, its own commit) p50/p99, one
+  client, back to back, with nothing else running — and again while retention deletes 100k rows;
+- claim: the relay's claim statement over 500 pending rows (rolled back), median of 30;
+- retire: retention deleting the oldest 100k rows (keyset batches of 5000), then the VACUUM
+  that makes their space reusable;
+- dead-letter count: the /metrics query with no index (a sequential scan of the table).
+Baseline for each: the same figure at an empty (1,000-row) table in the same run.
+
+Partitioning, the alternative design, is measured once, at the first size of 1M rows or more: the same rows in a
+table partitioned by id into 100k-id partitions; single-row insert p50/p99 and DETACH + DROP of
+one partition.
+
+Env: AETHER_BENCH_GROWTH_ROWS (default 1000000).
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+import uuid
+
+import psycopg
+
+from aether_platform import retention
+from aether_platform.db_url import libpq_url
+from aether_platform.outbox import INSERT_SQL, make_event
+from aether_platform.relay import CLAIM_SQL
+from bench._relay_setup import bench_database
+from bench.relay_latency import pct
+from bench.report import Figure, emit, progress
+
+SIZES = [int(s) for s in os.environ.get("AETHER_BENCH_GROWTH_ROWS", "1000000").split(",")]
+CHUNK = 1_000_000
+RETIRE_ROWS = 100_000
+# Partitioning is measured at the smallest size of at least 1M rows (it copies the table once).
+PARTITIONED_AT = min([n for n in SIZES if n >= 1_000_000] or [0])
+
+FILL_SQL = """
+    INSERT INTO outbox_events (tenant_id, type, payload, occurred_at, published_at, event_id, aggregate_type,
+                               aggregate_key, kafka_partition, kafka_offset)
+    SELECT x.tenant, 'JobCreated',
+           jsonb_build_object('Type', 'JobCreated', 'TenantId', x.tenant, 'JobId', x.job, 'Title', 'growth probe',
+                              'Status', 'Open', 'Ts', x.ts),
+           x.ts, x.ts + interval '15 ms', gen_random_uuid(), 'job', x.job::text, g %% 3, g
+    FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) g,
+         LATERAL (SELECT now() - interval '8 days' + (g::float8 / %(n)s) * interval '8 days' AS ts,
+                         gen_random_uuid() AS job,
+                         ('00000000-0000-4000-8000-' || lpad((g %% 100)::text, 12, '0'))::uuid AS tenant) x
+"""
+
+
+def fill(dsn: str, n: int) -> None:
+    with psycopg.connect(libpq_url(dsn), autocommit=True) as conn:
+        for lo in range(1, n + 1, CHUNK):
+            conn.execute(FILL_SQL, {"lo": lo, "hi": min(n, lo + CHUNK - 1), "n": n})
+            progress(f"  {min(n, lo + CHUNK - 1):,} rows")
+        conn.execute("VACUUM ANALYZE outbox_events")
+
+
+def insert_latencies(dsn: str, seconds: float, table: str = "outbox_events") -> list[float]:
+    tenant = uuid.uuid4()
+    sql = INSERT_SQL.replace("outbox_events", table, 1)
+    out = []
+    with psycopg.connect(libpq_url(dsn), autocommit=True) as conn:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            e = make_event("JobCreated", "job", tenant, uuid.uuid4(), {"Title": "probe", "Status": "Open"})
+            t0 = time.perf_counter()
+            conn.execute(sql, e.params())
+            out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def claim_ms(dsn: str) -> float:
+    with psycopg.connect(libpq_url(dsn), autocommit=True) as conn:
+        tenant = uuid.uuid4()
+        with conn.cursor() as cur:
+            cur.executemany(INSERT_SQL, [make_event("JobCreated", "job", tenant, uuid.uuid4(), {"S": i}).params()
+                                         for i in range(500)])
+        # As autovacuum would have seen it: with no pending row in the statistics, the planner
+        # checks "an earlier row of the key is blocked" by walking every pending row (via the
+        # seed's published_at index) for each candidate, 500 × 500 rows, whatever the table size.
+        conn.execute("ANALYZE outbox_events")
+        times = []
+        for _ in range(30):
+            with conn.transaction(force_rollback=True):
+                t0 = time.perf_counter()
+                assert len(conn.execute(CLAIM_SQL, (500,)).fetchall()) == 500
+                times.append((time.perf_counter() - t0) * 1000)
+        conn.execute("DELETE FROM outbox_events WHERE published_at IS NULL")
+    return statistics.median(times)
+
+
+def retire_100k(dsn: str) -> tuple[float, float, list[float]]:
+    """Seconds to retire the oldest RETIRE_ROWS published rows, seconds of the VACUUM after, and
+    the insert latencies measured while the retirement ran."""
+    with psycopg.connect(libpq_url(dsn), autocommit=True) as conn:
+        keep = conn.execute("SELECT extract(epoch FROM now() - published_at) FROM outbox_events"
+                            " WHERE published_at IS NOT NULL ORDER BY published_at OFFSET %s LIMIT 1",
+                            (RETIRE_ROWS,)).fetchone()[0]
+        lat: list[float] = []
+        done = threading.Event()
+
+        def writer():
+            while not done.is_set():
+                lat.extend(insert_latencies(dsn, 0.5))
+
+        t = threading.Thread(target=writer)
+        t.start()
+        t0 = time.perf_counter()
+        r = retention.retire_published(conn, int(keep), batch_size=5000)
+        seconds = time.perf_counter() - t0
+        done.set()
+        t.join()
+        assert abs(r.retired - RETIRE_ROWS) < RETIRE_ROWS * 0.02, r
+        t0 = time.perf_counter()
+        conn.execute("VACUUM outbox_events")
+        return seconds * RETIRE_ROWS / r.retired, time.perf_counter() - t0, lat
+
+
+def dead_letter_count_ms(dsn: str) -> float:
+    with psycopg.connect(libpq_url(dsn), autocommit=True) as conn:
+        t0 = time.perf_counter()
+        conn.execute("SELECT count(*) FROM outbox_events WHERE dead_lettered_at IS NOT NULL")
+        return (time.perf_counter() - t0) * 1000
+
+
+def sizes(dsn: str) -> tuple[int, int]:
+    with psycopg.connect(libpq_url(dsn), autocommit=True) as conn:
+        return conn.execute("SELECT pg_table_size('outbox_events'), pg_indexes_size('outbox_events')").fetchone()
+
+
+def measure(n: int) -> dict:
+    with bench_database(f"aether_bench_growth_{n}") as dsn:
+        progress(f"{n:,} published rows: filling")
+        fill(dsn, n)
+        table, index = sizes(dsn)
+        progress(f"  table {table / 2**20:,.0f} MiB, indexes {index / 2**20:,.0f} MiB; measuring")
+        quiet = insert_latencies(dsn, 5)
+        claim = claim_ms(dsn)
+        dl = dead_letter_count_ms(dsn)
+        retire_s, vacuum_s, during = retire_100k(dsn) if n > RETIRE_ROWS * 2 else (0.0, 0.0, [])
+        part = partitioned(dsn, n) if n == PARTITIONED_AT else None
+    r = {"n": n, "table_mib": table / 2**20, "index_mib": index / 2**20, "insert_p50": pct(quiet, 50),
+         "insert_p99": pct(quiet, 99), "claim_ms": claim, "dead_letter_count_ms": dl, "retire_100k_s": retire_s,
+         "vacuum_s": vacuum_s, "insert_p99_during_retire": pct(during, 99) if len(during) > 10 else 0.0,
+         "partitioned": part}
+    progress(f"  {r}")
+    return r
+
+
+def partitioned(dsn: str, n: int) -> dict:
+    """The same rows in a table partitioned by id: insert latency, and the cost of dropping one
+    partition (what retention would do instead of deleting)."""
+    with psycopg.connect(libpq_url(dsn), autocommit=True) as conn:
+        # No UNIQUE (event_id): PostgreSQL refuses a unique constraint without the partition key.
+        conn.execute("CREATE SEQUENCE outbox_part_id_seq START %s" % (n + 1))
+        conn.execute("CREATE TABLE outbox_part (LIKE outbox_events INCLUDING DEFAULTS) PARTITION BY RANGE (id)")
+        conn.execute("ALTER TABLE outbox_part ALTER id SET DEFAULT nextval('outbox_part_id_seq')")
+        conn.execute("ALTER TABLE outbox_part ADD PRIMARY KEY (id)")
+        for cols in ("published_at, occurred_at", "tenant_id"):
+            conn.execute(f"CREATE INDEX ON outbox_part ({cols})")
+        conn.execute("CREATE INDEX ON outbox_part (id) WHERE published_at IS NULL AND dead_lettered_at IS NULL")
+        conn.execute("CREATE INDEX ON outbox_part (aggregate_key, id) WHERE published_at IS NULL")
+        step = RETIRE_ROWS
+        for lo in range(0, n + 10 * step, step):
+            conn.execute(f"CREATE TABLE outbox_part_{lo // step} PARTITION OF outbox_part"
+                         f" FOR VALUES FROM ({lo}) TO ({lo + step})")
+        conn.execute("INSERT INTO outbox_part SELECT * FROM outbox_events WHERE id <= %s", (n,))
+        conn.execute("VACUUM ANALYZE outbox_part")
+        lat = insert_latencies(dsn, 5, table="outbox_part")
+        t0 = time.perf_counter()
+        conn.execute("ALTER TABLE outbox_part DETACH PARTITION outbox_part_0")
+        conn.execute("DROP TABLE outbox_part_0")
+        drop_s = time.perf_counter() - t0
+        conn.execute("DROP TABLE outbox_part")
+    return {"insert_p50": pct(lat, 50), "insert_p99": pct(lat, 99), "detach_drop_s": drop_s}
+
+
+def main() -> None:
+    base = measure(1000)
+    runs = [measure(n) for n in SIZES]
+    figures = []
+    for r in runs:
+        tag = f"{r['n'] / 1e6:g}M rows"
+        figures += [
+            Figure(f"{tag}: outbox insert p99", r["insert_p99"], "ms", "1k rows", base["insert_p99"]),
+            Figure(f"{tag}: relay claim of 500", r["claim_ms"], "ms", "1k rows", base["claim_ms"]),
+            Figure(f"{tag}: dead-letter count (/metrics)", r["dead_letter_count_ms"], "ms", "1k rows",
+                   base["dead_letter_count_ms"]),
+            Figure(f"{tag}: retire 100k rows", r["retire_100k_s"], "s"),
+            Figure(f"{tag}: VACUUM after retiring 100k", r["vacuum_s"], "s"),
+            Figure(f"{tag}: outbox insert p99 while retiring", r["insert_p99_during_retire"], "ms",
+                   "same table, quiet", r["insert_p99"]),
+        ]
+        if r["partitioned"]:
+            p = r["partitioned"]
+            figures += [Figure(f"{tag}: partitioned by id, insert p99", p["insert_p99"], "ms", "plain table",
+                               r["insert_p99"]),
+                        Figure(f"{tag}: partitioned, DETACH + DROP of 100k rows", p["detach_drop_s"], "s",
+                               "batched delete of 100k", r["retire_100k_s"])]
+    notes = "; ".join(f"{r['n']:,} rows: table {r['table_mib']:,.0f} MiB + indexes {r['index_mib']:,.0f} MiB"
+                      for r in runs)
+    emit("outbox_growth", "Outbox growth: write path, relay claim and retention cost against table size",
+         "python -m bench outbox_growth  (AETHER_BENCH_GROWTH_ROWS=1000000,10000000 for more sizes)", figures,
+         notes=notes + ". One client, back-to-back single-row inserts, each its own commit (fsync).")
+
+
+if __name__ == "__main__":
+    main()
