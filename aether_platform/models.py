@@ -65,6 +65,8 @@ outbox_events = Table(
         "id",
         postgresql_where=text("published_at IS NULL"),
     ),
+    # Counting dead letters (/metrics, the relay's stats) must not scan the table (migration 0006).
+    Index("ix_outbox_events_dead_lettered", "id", postgresql_where=text("dead_lettered_at IS NOT NULL")),
 )
 
 idempotency_keys = Table(

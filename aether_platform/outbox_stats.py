@@ -21,7 +21,7 @@ PENDING_COUNT_SQL = "SELECT count(*) FROM outbox_events WHERE published_at IS NU
 OLDEST_PENDING_AGE_SQL = """
 SELECT extract(epoch FROM now() - occurred_at)::float8 FROM outbox_events
 WHERE published_at IS NULL AND dead_lettered_at IS NULL ORDER BY id LIMIT 1"""
-# No index serves this one (dead letters are rare); /metrics runs it last.
+# Served by the partial index ix_outbox_events_dead_lettered (migration 0006); /metrics runs it last.
 DEAD_LETTERED_SQL = "SELECT count(*) FROM outbox_events WHERE dead_lettered_at IS NOT NULL"
 RELAY_STATUS_SQL = """
 SELECT relay, extract(epoch FROM heartbeat_at)::float8, published_total, attempts_total,
