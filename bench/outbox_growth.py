@@ -4,13 +4,14 @@ the relay's claim, and what retiring published rows costs, measured at table siz
 For each size N (AETHER_BENCH_GROWTH_ROWS, comma-separated, default 1000000) a fresh database
 gets N published rows spread over 8 days (so 1/8 are past a 7-day retention) plus the indexes
 and a VACUUM ANALYZE, as a long-running outbox would have. Then:
-- create: single-row outbox inserts (the outbox part of a create, its own commit) p50/p99, one
-  client, back to back, with nothing else running — and again while retention deletes 100k rows;
+- create: single-row outbox inserts (the outbox part of a create) p50/p99, one client, back to
+  back, alternating with the same inserts into a 1,000-row copy of the table (the baseline) —
+  and again while retention deletes 100k rows;
 - claim: the relay's claim statement over 500 pending rows (rolled back), median of 30;
 - retire: retention deleting the oldest 100k rows (keyset batches of 5000), then the VACUUM
   that makes their space reusable;
 - dead-letter count: the /metrics query with no index (a sequential scan of the table).
-Baseline for each: the same figure at an empty (1,000-row) table in the same run.
+Baseline for claim and count: the same figure at a 1,000-row table in the same run.
 
 Partitioning, the alternative design, is measured once, at the first size of 1M rows or more: the same rows in a
 table partitioned by id into 100k-id partitions; single-row insert p50/p99 and DETACH + DROP of
@@ -65,16 +66,29 @@ def fill(dsn: str, n: int) -> None:
 
 
 def insert_latencies(dsn: str, seconds: float, table: str = "outbox_events") -> list[float]:
+    """Back-to-back single-row outbox inserts into `table` for `seconds`, each its own commit
+    with synchronous_commit off: the statement's own cost (index maintenance and heap), without
+    the WAL flush, whose wait on a shared machine's disk would drown it."""
     tenant = uuid.uuid4()
     sql = INSERT_SQL.replace("outbox_events", table, 1)
     out = []
-    with psycopg.connect(libpq_url(dsn), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(dsn), autocommit=True, options="-c synchronous_commit=off") as conn:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             e = make_event("JobCreated", "job", tenant, uuid.uuid4(), {"Title": "probe", "Status": "Open"})
             t0 = time.perf_counter()
             conn.execute(sql, e.params())
             out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def interleaved(dsn: str, tables: list[str], rounds: int = 10, chunk: float = 0.5) -> dict[str, list[float]]:
+    """Insert latencies per table, alternating short chunks so that the machine's noise (other
+    tenants of a shared box) falls on every table alike."""
+    out: dict[str, list[float]] = {t: [] for t in tables}
+    for _ in range(rounds):
+        for t in tables:
+            out[t].extend(insert_latencies(dsn, chunk, t))
     return out
 
 
@@ -143,13 +157,23 @@ def measure(n: int) -> dict:
         fill(dsn, n)
         table, index = sizes(dsn)
         progress(f"  table {table / 2**20:,.0f} MiB, indexes {index / 2**20:,.0f} MiB; measuring")
-        quiet = insert_latencies(dsn, 5)
+        with psycopg.connect(libpq_url(dsn), autocommit=True) as conn:
+            # The baseline: the same table definition holding 1,000 rows, in the same database.
+            conn.execute("CREATE TABLE outbox_small (LIKE outbox_events INCLUDING ALL)")
+            conn.execute("INSERT INTO outbox_small SELECT * FROM outbox_events ORDER BY id LIMIT 1000")
+            conn.execute("VACUUM ANALYZE outbox_small")
+        part = partitioned(dsn, n) if n == PARTITIONED_AT else None
+        lat = interleaved(dsn, ["outbox_small", "outbox_events"] + (["outbox_part"] if part is not None else []))
+        quiet = lat["outbox_events"]
+        if part is not None:
+            part.update(insert_p50=pct(lat["outbox_part"], 50), insert_p99=pct(lat["outbox_part"], 99),
+                        detach_drop_s=drop_partition(dsn))
         claim = claim_ms(dsn)
         dl = dead_letter_count_ms(dsn)
         retire_s, vacuum_s, during = retire_100k(dsn) if n > RETIRE_ROWS * 2 else (0.0, 0.0, [])
-        part = partitioned(dsn, n) if n == PARTITIONED_AT else None
-    r = {"n": n, "table_mib": table / 2**20, "index_mib": index / 2**20, "insert_p50": pct(quiet, 50),
-         "insert_p99": pct(quiet, 99), "claim_ms": claim, "dead_letter_count_ms": dl, "retire_100k_s": retire_s,
+    r = {"n": n, "table_mib": table / 2**20, "index_mib": index / 2**20,
+         "small_p50": pct(lat["outbox_small"], 50), "small_p99": pct(lat["outbox_small"], 99),
+         "insert_p50": pct(quiet, 50), "insert_p99": pct(quiet, 99), "claim_ms": claim, "dead_letter_count_ms": dl, "retire_100k_s": retire_s,
          "vacuum_s": vacuum_s, "insert_p99_during_retire": pct(during, 99) if len(during) > 10 else 0.0,
          "partitioned": part}
     progress(f"  {r}")
@@ -157,8 +181,8 @@ def measure(n: int) -> dict:
 
 
 def partitioned(dsn: str, n: int) -> dict:
-    """The same rows in a table partitioned by id: insert latency, and the cost of dropping one
-    partition (what retention would do instead of deleting)."""
+    """The same rows in a table partitioned by id into 100k-id partitions (insert latency is
+    measured beside the plain table; drop_partition() is what retention would do instead)."""
     with psycopg.connect(libpq_url(dsn), autocommit=True) as conn:
         # No UNIQUE (event_id): PostgreSQL refuses a unique constraint without the partition key.
         conn.execute("CREATE SEQUENCE outbox_part_id_seq START %s" % (n + 1))
@@ -175,13 +199,17 @@ def partitioned(dsn: str, n: int) -> dict:
                          f" FOR VALUES FROM ({lo}) TO ({lo + step})")
         conn.execute("INSERT INTO outbox_part SELECT * FROM outbox_events WHERE id <= %s", (n,))
         conn.execute("VACUUM ANALYZE outbox_part")
-        lat = insert_latencies(dsn, 5, table="outbox_part")
+    return {}
+
+
+def drop_partition(dsn: str) -> float:
+    with psycopg.connect(libpq_url(dsn), autocommit=True) as conn:
         t0 = time.perf_counter()
         conn.execute("ALTER TABLE outbox_part DETACH PARTITION outbox_part_0")
         conn.execute("DROP TABLE outbox_part_0")
-        drop_s = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
         conn.execute("DROP TABLE outbox_part")
-    return {"insert_p50": pct(lat, 50), "insert_p99": pct(lat, 99), "detach_drop_s": drop_s}
+    return seconds
 
 
 def main() -> None:
@@ -191,7 +219,8 @@ def main() -> None:
     for r in runs:
         tag = f"{r['n'] / 1e6:g}M rows"
         figures += [
-            Figure(f"{tag}: outbox insert p99", r["insert_p99"], "ms", "1k rows", base["insert_p99"]),
+            Figure(f"{tag}: outbox insert p50", r["insert_p50"], "ms", "same table with 1k rows", r["small_p50"]),
+            Figure(f"{tag}: outbox insert p99", r["insert_p99"], "ms", "same table with 1k rows", r["small_p99"]),
             Figure(f"{tag}: relay claim of 500", r["claim_ms"], "ms", "1k rows", base["claim_ms"]),
             Figure(f"{tag}: dead-letter count (/metrics)", r["dead_letter_count_ms"], "ms", "1k rows",
                    base["dead_letter_count_ms"]),
@@ -200,9 +229,11 @@ def main() -> None:
             Figure(f"{tag}: outbox insert p99 while retiring", r["insert_p99_during_retire"], "ms",
                    "same table, quiet", r["insert_p99"]),
         ]
-        if r["partitioned"]:
+        if r["partitioned"] is not None:
             p = r["partitioned"]
-            figures += [Figure(f"{tag}: partitioned by id, insert p99", p["insert_p99"], "ms", "plain table",
+            figures += [Figure(f"{tag}: partitioned by id, insert p50", p["insert_p50"], "ms", "plain table",
+                               r["insert_p50"]),
+                        Figure(f"{tag}: partitioned by id, insert p99", p["insert_p99"], "ms", "plain table",
                                r["insert_p99"]),
                         Figure(f"{tag}: partitioned, DETACH + DROP of 100k rows", p["detach_drop_s"], "s",
                                "batched delete of 100k", r["retire_100k_s"])]
@@ -210,7 +241,9 @@ def main() -> None:
                       for r in runs)
     emit("outbox_growth", "Outbox growth: write path, relay claim and retention cost against table size",
          "python -m bench outbox_growth  (AETHER_BENCH_GROWTH_ROWS=1000000,10000000 for more sizes)", figures,
-         notes=notes + ". One client, back-to-back single-row inserts, each its own commit (fsync).")
+         notes=notes + ". Inserts: one client, back-to-back single-row outbox inserts, each its own commit with "
+               "synchronous_commit off (the statement's cost without the WAL flush), alternating 0.5 s chunks "
+               "between the tables compared.")
 
 
 if __name__ == "__main__":
