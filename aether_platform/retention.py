@@ -27,6 +27,10 @@ Settings (environment):
   check fails (default 3600: four missed 15-minute schedule ticks).
 - AETHER_OUTBOX_RETENTION_BATCH_SIZE (default 5000) and AETHER_OUTBOX_RETENTION_MAX_SECONDS
   (default 600, the time budget of one run; the next run continues).
+- AETHER_OUTBOX_RETENTION_VACUUM (default on): a run that deleted rows ends with a plain VACUUM
+  (ANALYZE) of outbox_events, so the space of the deleted rows is reused by the next inserts at
+  once instead of after autovacuum's default 20 % threshold (60 million dead rows at 7 days of
+  500 events/s), and the planner's statistics stay current.
 """
 from __future__ import annotations
 
@@ -90,6 +94,7 @@ class RetentionSettings(BaseSettings):
     slack_seconds: int = Field(3600, alias="AETHER_OUTBOX_RETENTION_SLACK_SECONDS")
     batch_size: int = Field(5000, alias="AETHER_OUTBOX_RETENTION_BATCH_SIZE", gt=0)
     max_seconds: float = Field(600.0, alias="AETHER_OUTBOX_RETENTION_MAX_SECONDS", gt=0)
+    vacuum: bool = Field(True, alias="AETHER_OUTBOX_RETENTION_VACUUM")
 
     @field_validator("retention_seconds", mode="before")
     @classmethod
@@ -145,6 +150,16 @@ def retire_published(conn: psycopg.Connection, retention_seconds: int | None, ba
     return RetireResult(retired, batches, round(time.monotonic() - started, 3), cutoff.isoformat(), finished)
 
 
+def vacuum(conn: psycopg.Connection) -> float:
+    """VACUUM (ANALYZE) outbox_events on an autocommit connection; returns its seconds. Plain
+    VACUUM takes no lock that the API or the relay wait for (SHARE UPDATE EXCLUSIVE). Its heap
+    pass visits only pages changed since the last one (the visibility map skips the rest); it
+    scans the indexes only when more than 2 % of the pages hold dead rows (PostgreSQL 14+)."""
+    started = time.monotonic()
+    conn.execute("VACUUM (ANALYZE) outbox_events")
+    return round(time.monotonic() - started, 3)
+
+
 def outbox_state(conn: psycopg.Connection, retention_seconds: int | None) -> OutboxState:
     """Sizes, row count (exact when small, else the planner's estimate), rows still past
     retention (0 when retention is off) and the oldest published row."""
@@ -172,13 +187,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=s.batch_size)
     p.add_argument("--max-seconds", type=float, default=s.max_seconds)
     p.add_argument("--every", type=float, default=0.0, help="repeat every this many seconds (0: run once)")
+    p.add_argument("--no-vacuum", dest="vacuum", action="store_false", default=s.vacuum,
+                   help="skip the VACUUM after a run that deleted rows")
     args = p.parse_args(argv)
     from aether_platform.settings import get_settings
 
     with psycopg.connect(libpq_url(get_settings().database_url), autocommit=True) as conn:
         while True:
             r = retire_published(conn, args.retention_seconds, args.batch_size, args.max_seconds)
-            print(json.dumps(asdict(r)), flush=True)
+            vacuum_seconds = vacuum(conn) if args.vacuum and r.retired else 0.0
+            print(json.dumps({**asdict(r), "vacuum_seconds": vacuum_seconds}), flush=True)
             if not args.every:
                 return 0
             time.sleep(args.every)

@@ -22,6 +22,8 @@ class RetentionConfig(dg.Config):
     max_seconds: float = _defaults().max_seconds
     # Between batches: gives the API's and relay's statements the CPU and I/O back.
     pause_seconds: float = 0.0
+    # VACUUM (ANALYZE) after a run that deleted rows (AETHER_OUTBOX_RETENTION_VACUUM).
+    vacuum: bool = _defaults().vacuum
 
 
 def _state_metadata(state: core.OutboxState) -> dict:
@@ -52,13 +54,14 @@ def _human(n: int) -> str:
                 "off disables) in batches of batch_size, each its own short SKIP LOCKED transaction. Pending "
                 "and dead-lettered rows are never touched; nothing is archived (the topic holds the events "
                 "for the same 7 days). Metadata: rows retired, rows left, table and index size, oldest "
-                "published row.",
+                "published row. A run that deleted rows ends with VACUUM (ANALYZE) unless vacuum is false.",
 )
 def outbox_retention(context: dg.AssetExecutionContext, config: RetentionConfig,
                      crm_db: CrmDatabase) -> dg.MaterializeResult:
     with crm_db.connect() as conn:
         r = core.retire_published(conn, config.retention_seconds, batch_size=config.batch_size,
                                   max_seconds=config.max_seconds, pause_seconds=config.pause_seconds)
+        vacuum_seconds = core.vacuum(conn) if config.vacuum and r.retired else 0.0
         state = core.outbox_state(conn, config.retention_seconds)
     if not r.finished:
         context.log.warning(f"time budget of {config.max_seconds}s ran out after {r.retired} rows; "
@@ -66,6 +69,7 @@ def outbox_retention(context: dg.AssetExecutionContext, config: RetentionConfig,
     return dg.MaterializeResult(metadata={
         "enabled": bool(config.retention_seconds), "retention_seconds": config.retention_seconds,
         "rows_retired": r.retired, "batches": r.batches, "seconds": r.seconds, "finished": r.finished,
+        "vacuum_seconds": vacuum_seconds,
         "cutoff": dg.MetadataValue.text(r.cutoff or "retention off"), **_state_metadata(state)})
 
 
