@@ -41,7 +41,6 @@ import uvloop
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from aether_platform.db_url import libpq_url
-from api.http_protocol import UVICORN_SERVING
 from bench._relay_setup import REPO, bench_database, bench_topic, warm_up_broker
 from bench.e2e_latency import SseReader, free_port
 from bench.relay_latency import pct
@@ -213,8 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         progress(f"starting the API ({workers} workers) and a streaming relay")
         procs = {
-            "api": subprocess.Popen([sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1",
-                                     "--port", str(port), "--workers", str(workers), *UVICORN_SERVING,
+            "api": subprocess.Popen([sys.executable, "-m", "api", "--port", str(port), "--workers", str(workers),
                                      "--log-level", "warning"], cwd=REPO, env=env, start_new_session=True),
             "relay": subprocess.Popen([sys.executable, "-m", "aether_platform.relay", "--mode", "streaming"],
                                       cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
