@@ -17,7 +17,8 @@ Partitioning, the alternative design, is measured once, at the first size of 1M 
 table partitioned by id into 100k-id partitions; single-row insert p50/p99 and DETACH + DROP of
 one partition.
 
-Env: AETHER_BENCH_GROWTH_ROWS (default 1000000).
+Env: AETHER_BENCH_GROWTH_ROWS (default 1000000), AETHER_BENCH_GROWTH_PARTITIONED_AT (the size at
+which to measure partitioning; default the first of 1M rows or more, 0 = none).
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ SIZES = [int(s) for s in os.environ.get("AETHER_BENCH_GROWTH_ROWS", "1000000").s
 CHUNK = 1_000_000
 RETIRE_ROWS = 100_000
 # Partitioning is measured at the smallest size of at least 1M rows (it copies the table once).
-PARTITIONED_AT = min([n for n in SIZES if n >= 1_000_000] or [0])
+PARTITIONED_AT = int(os.environ.get("AETHER_BENCH_GROWTH_PARTITIONED_AT") or min([n for n in SIZES if n >= 1_000_000] or [0]))
 
 FILL_SQL = """
     INSERT INTO outbox_events (tenant_id, type, payload, occurred_at, published_at, event_id, aggregate_type,
@@ -112,13 +113,20 @@ def claim_ms(dsn: str) -> float:
     return statistics.median(times)
 
 
-def retire_100k(dsn: str) -> tuple[float, float, list[float]]:
-    """Seconds to retire the oldest RETIRE_ROWS published rows, seconds of the VACUUM after, and
-    the insert latencies measured while the retirement ran."""
+def retire_100k(dsn: str) -> tuple[float, float, list[float], float]:
+    """Seconds to retire the oldest RETIRE_ROWS published rows (per 100k), seconds of the VACUUM
+    after, the insert latencies measured while the retirement ran, and the shared buffers one
+    batch touched per row (which, unlike the seconds, a shared machine's load does not move)."""
     with psycopg.connect(libpq_url(dsn), autocommit=True) as conn:
         keep = conn.execute("SELECT extract(epoch FROM now() - published_at) FROM outbox_events"
                             " WHERE published_at IS NOT NULL ORDER BY published_at OFFSET %s LIMIT 1",
                             (RETIRE_ROWS,)).fetchone()[0]
+        # Load-independent cost: buffers one 5,000-row batch touches (EXPLAIN ANALYZE runs it).
+        plan = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + retention.RETIRE_BATCH_SQL,
+                            {"after": retention.EPOCH, "batch": 5000,
+                             "cutoff": conn.execute(retention.CUTOFF_SQL, (int(keep),)).fetchone()[0]}).fetchone()[0]
+        top = plan[0]["Plan"]
+        buffers_per_row = (top["Shared Hit Blocks"] + top["Shared Read Blocks"]) / 5000
         lat: list[float] = []
         done = threading.Event()
 
@@ -133,10 +141,10 @@ def retire_100k(dsn: str) -> tuple[float, float, list[float]]:
         seconds = time.perf_counter() - t0
         done.set()
         t.join()
-        assert abs(r.retired - RETIRE_ROWS) < RETIRE_ROWS * 0.02, r
+        assert abs(r.retired + 5000 - RETIRE_ROWS) < RETIRE_ROWS * 0.02, r
         t0 = time.perf_counter()
         conn.execute("VACUUM outbox_events")
-        return seconds * RETIRE_ROWS / r.retired, time.perf_counter() - t0, lat
+        return seconds * RETIRE_ROWS / r.retired, time.perf_counter() - t0, lat, buffers_per_row
 
 
 def dead_letter_count_ms(dsn: str) -> float:
@@ -170,10 +178,10 @@ def measure(n: int) -> dict:
                         detach_drop_s=drop_partition(dsn))
         claim = claim_ms(dsn)
         dl = dead_letter_count_ms(dsn)
-        retire_s, vacuum_s, during = retire_100k(dsn) if n > RETIRE_ROWS * 2 else (0.0, 0.0, [])
+        retire_s, vacuum_s, during, buffers = retire_100k(dsn) if n > RETIRE_ROWS * 2 else (0.0, 0.0, [], 0.0)
     r = {"n": n, "table_mib": table / 2**20, "index_mib": index / 2**20,
          "small_p50": pct(lat["outbox_small"], 50), "small_p99": pct(lat["outbox_small"], 99),
-         "insert_p50": pct(quiet, 50), "insert_p99": pct(quiet, 99), "claim_ms": claim, "dead_letter_count_ms": dl, "retire_100k_s": retire_s,
+         "insert_p50": pct(quiet, 50), "insert_p99": pct(quiet, 99), "claim_ms": claim, "dead_letter_count_ms": dl, "retire_100k_s": retire_s, "retire_buffers_per_row": buffers,
          "vacuum_s": vacuum_s, "insert_p99_during_retire": pct(during, 99) if len(during) > 10 else 0.0,
          "partitioned": part}
     progress(f"  {r}")
@@ -225,6 +233,7 @@ def main() -> None:
             Figure(f"{tag}: dead-letter count (/metrics)", r["dead_letter_count_ms"], "ms", "1k rows",
                    base["dead_letter_count_ms"]),
             Figure(f"{tag}: retire 100k rows", r["retire_100k_s"], "s"),
+            Figure(f"{tag}: retire, buffers touched per row", r["retire_buffers_per_row"], "buffers"),
             Figure(f"{tag}: VACUUM after retiring 100k", r["vacuum_s"], "s"),
             Figure(f"{tag}: outbox insert p99 while retiring", r["insert_p99_during_retire"], "ms",
                    "same table, quiet", r["insert_p99"]),
