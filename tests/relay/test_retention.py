@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from aether_platform import retention
+from aether_platform.dagster_defs import outbox_retention as retention_dagster
 from aether_platform.db_url import libpq_url
 from aether_platform.relay import Relay
 from tests.relay.conftest import assert_per_key_order, consume, write_events
@@ -29,6 +30,15 @@ def defs(platform_env, monkeypatch):
     from aether_platform.definitions import defs
 
     return defs
+
+
+def test_schedule_runs_by_default_and_config_shows_the_environment(defs, monkeypatch):
+    schedule = defs.resolve_schedule_def("retire_published_outbox_rows_schedule")
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING and schedule.job_name == JOB
+    # The launchpad's defaults are the environment's (read when the code location loads).
+    fields = retention_dagster.RetentionConfig.model_fields
+    assert fields["retention_seconds"].default == retention.RetentionSettings().retention_seconds
+    assert fields["batch_size"].default == retention.RetentionSettings().batch_size
 
 
 def _publish(conn, events, age_seconds: float) -> None:
