@@ -99,11 +99,28 @@ class RetentionSettings(BaseSettings):
     @field_validator("retention_seconds", mode="before")
     @classmethod
     def _off(cls, v):
-        if isinstance(v, str) and v.strip().lower() in ("off", "0", ""):
+        if v is None or isinstance(v, int):
+            seconds = v
+        elif str(v).strip().lower() in ("off", ""):
             return None
-        if v is not None and int(v) < 0:
-            raise ValueError("AETHER_OUTBOX_RETENTION_SECONDS must be >= 0 (0 or off: retention off)")
-        return None if v is not None and int(v) == 0 else v
+        else:
+            try:
+                seconds = int(str(v).strip())
+            except ValueError:
+                raise ValueError("must be a whole number of seconds, 0 or off") from None
+        if seconds is not None and seconds < 0:
+            raise ValueError("must be a whole number of seconds, 0 or off")
+        return seconds or None
+
+
+def settings_error(exc: ValueError) -> str:
+    """One line naming the variable and what is wrong with it, from a pydantic ValidationError."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        e = errors()[0]
+        field = e["loc"][0] if e["loc"] else "settings"  # the variable's name (the alias)
+        return f"{field}: {e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})"
+    return str(exc).splitlines()[0]
 
 
 @dataclass(frozen=True)
@@ -180,7 +197,11 @@ def rows_behind(conn: psycopg.Connection, retention_seconds: int | None, slack_s
 
 
 def main(argv: list[str] | None = None) -> int:
-    s = RetentionSettings()
+    try:
+        s = RetentionSettings()
+    except ValueError as exc:
+        print(f"python -m aether_platform.retention: {settings_error(exc)}", file=sys.stderr)
+        return 2
     p = argparse.ArgumentParser(prog="python -m aether_platform.retention",
                                 description="Delete published outbox rows past retention (one run, or every N s).")
     p.add_argument("--retention-seconds", type=int, default=s.retention_seconds or 0, help="0 = off")

@@ -11,8 +11,18 @@ from aether_platform.dagster_defs.resources import CrmDatabase
 RETENTION_KEY = dg.AssetKey(["crm", "outbox_retention"])
 
 
+def _settings() -> tuple[core.RetentionSettings, str | None]:
+    """The environment's settings, or the built-in defaults and why the environment's were
+    refused. A typo in a retention variable fails the retention runs and check with that reason;
+    it must not stop the code location from loading, which would stop the relay too."""
+    try:
+        return core.RetentionSettings(), None
+    except ValueError as exc:
+        return core.RetentionSettings.model_construct(), core.settings_error(exc)
+
+
 def _defaults() -> core.RetentionSettings:
-    return core.RetentionSettings()
+    return _settings()[0]
 
 
 class RetentionConfig(dg.Config):
@@ -58,6 +68,8 @@ def _human(n: int) -> str:
 )
 def outbox_retention(context: dg.AssetExecutionContext, config: RetentionConfig,
                      crm_db: CrmDatabase) -> dg.MaterializeResult:
+    if error := _settings()[1]:
+        raise dg.Failure(error)
     with crm_db.connect() as conn:
         r = core.retire_published(conn, config.retention_seconds, batch_size=config.batch_size,
                                   max_seconds=config.max_seconds, pause_seconds=config.pause_seconds)
@@ -77,7 +89,9 @@ def outbox_retention(context: dg.AssetExecutionContext, config: RetentionConfig,
                 description="No published row is older than retention + AETHER_OUTBOX_RETENTION_SLACK_SECONDS "
                             "(1 h by default). Passes when retention is off.")
 def retention_keeps_up(crm_db: CrmDatabase) -> dg.AssetCheckResult:
-    s = _defaults()
+    s, error = _settings()
+    if error:
+        return dg.AssetCheckResult(passed=False, metadata={"error": dg.MetadataValue.text(error)})
     with crm_db.connect() as conn:
         behind = core.rows_behind(conn, s.retention_seconds, s.slack_seconds)
         state = core.outbox_state(conn, s.retention_seconds)

@@ -41,6 +41,16 @@ def test_schedule_runs_by_default_and_config_shows_the_environment(defs, monkeyp
     assert fields["batch_size"].default == retention.RetentionSettings().batch_size
 
 
+def test_a_bad_setting_fails_the_run_and_check_with_its_name_not_the_code_location(defs, outbox_db, monkeypatch):
+    monkeypatch.setenv("AETHER_OUTBOX_RETENTION_SECONDS", "7d")
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_job_def(JOB).execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "AETHER_OUTBOX_RETENTION_SECONDS: must be a whole number of seconds, 0 or off" in str(
+        failure.event_specific_data.error)
+
+
 def _publish(conn, events, age_seconds: float) -> None:
     """Mark events published age_seconds ago, as the relay would have."""
     conn.execute("UPDATE outbox_events SET published_at = now() - make_interval(secs => %s),"
