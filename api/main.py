@@ -19,8 +19,9 @@ from api.limits import RequestLimits
 from api.metrics import install as install_metrics
 from api.routers import crm_events
 from api.routers import health, resources
+from api.request_context import RequestContext
 from api.security import Authentication
-from aether_platform import auth
+from aether_platform import auth, logs
 from api.rate_limit import TenantRateLimiter
 
 log = logging.getLogger("aether.api")
@@ -50,6 +51,8 @@ async def lifespan(app: FastAPI):
 
 
 def create_app() -> FastAPI:
+    # Before anything logs: AETHER_LOG_FORMAT / AETHER_LOG_LEVEL, uvicorn's loggers included.
+    logs.configure()
     settings = get_settings()
     app = FastAPI(
         title="Aether CRM API",
@@ -67,9 +70,9 @@ def create_app() -> FastAPI:
     # stream hub writes a parked /crm-events client's frames by driving its ASGI `send` from a loop
     # callback, outside any task (api.stream.session.send_now). No BaseHTTPMiddleware, and no
     # asyncio.timeout() or task-local state around `send` (tests/stream/test_send_now.py checks).
-    # Middlewares wrap in reverse order of addition: metrics outermost (it counts 401s, 413s and
-    # 500s too), then the 500 safety net, then authentication, then the request limits, and
-    # innermost, just before routing, the create endpoints' fast path.
+    # Middlewares wrap in reverse order of addition: the request context outermost, then metrics
+    # (it counts 401s, 413s and 500s too), then the 500 safety net, then authentication, then the
+    # request limits, and innermost, just before routing, the create endpoints' fast path.
     if settings.api_fast_create:
         app.add_middleware(FastCreate)
     app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes,
@@ -78,6 +81,8 @@ def create_app() -> FastAPI:
                        protect_metrics=settings.auth_protect_metrics, protect_ops=settings.auth_protect_ops)
     problems.install(app)
     install_metrics(app)
+    # Added last, so outermost: the request id and tenant are bound for every line below it.
+    app.add_middleware(RequestContext)
     app.include_router(health.router)
     app.include_router(crm_events.router)
     for router in resources.ROUTERS:
