@@ -159,7 +159,8 @@ class ApiServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"API exited with {self.proc.returncode}; log: {self.log_path}")
             try:
-                httpx.get(self.url + "/", timeout=1.0)
+                # /livez: up means serving, whatever the database and Kafka are doing.
+                httpx.get(self.url + "/livez", timeout=1.0)
                 return self
             except httpx.HTTPError:
                 time.sleep(0.1)

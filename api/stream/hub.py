@@ -104,6 +104,17 @@ class StreamHub:
     def ready(self) -> bool:
         return self._ready.is_set()
 
+    @property
+    def consumer_running(self) -> bool:
+        """The consumer is doing its job or working towards it: polling, or still (re)connecting
+        while Kafka is away. False once stopped or shutting down, or if its thread or its
+        connect task ended for any other reason (/readyz then turns 503)."""
+        if self._stop.is_set() or self.stopping.is_set():
+            return False
+        if self._thread is not None:
+            return self._thread.is_alive()
+        return self._connect_task is not None and not self._connect_task.done()
+
     async def start(self, wait: float = 10.0) -> None:
         """Connect in the background; wait a little so a normal start serves at once, but never
         keep the API from starting when Kafka is down (health reports it)."""

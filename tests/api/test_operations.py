@@ -81,6 +81,8 @@ def test_database_down_is_503_with_retry_after_and_recovers(own_postgres, platfo
             assert down.headers["content-type"] == "application/problem+json"
             assert c.get("/api/crm/jobs", headers=headers(tenant)).status_code == 503
             assert c.get("/").status_code == 503
+            assert c.get("/readyz").json()["database"] == "unreachable" and c.get("/readyz").status_code == 503
+            assert c.get("/livez").status_code == 200
             stack("up")
             deadline = time.monotonic() + 30
             while True:  # recovers by itself: no restart of the API
@@ -97,5 +99,6 @@ def test_database_down_is_503_with_retry_after_and_recovers(own_postgres, platfo
             assert listing.status_code == 200, listing.text
             titles = [j["title"] for j in listing.json()["items"]]
             assert sorted(titles) == ["before", "during"]
+            assert c.get("/readyz").status_code == 200
     finally:
         server.stop()
