@@ -23,7 +23,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONPATH=/app \
     DAGSTER_HOME=/opt/dagster/home \
     PROMETHEUS_MULTIPROC_DIR=/tmp/aether-metrics \
-    WEB_CONCURRENCY=2
+    WEB_CONCURRENCY=2 \
+    AETHER_LOG_FORMAT=json
 RUN groupadd --system --gid 10001 aether \
  && useradd --system --uid 10001 --gid aether --home-dir /app --no-create-home --shell /usr/sbin/nologin aether \
  && mkdir -p /opt/dagster/home/storage \
@@ -40,10 +41,11 @@ COPY deploy/docker-entrypoint.sh /usr/local/bin/aether-entrypoint
 # Numeric, so that Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001:10001
 EXPOSE 8080 3000 3030
-# Any HTTP answer means the process serves; a 503 "degraded" (Kafka or DB away) is reported by the
-# health JSON and the SLO alerts, and restarting the API would not fix the broker.
+# Liveness: /livez answers 200 whenever the process serves HTTP and checks no dependency. Whatever
+# acts on this status (Swarm, an autoheal sidecar) may restart the container, and a restart cures
+# a hung process, never a database or broker outage; readiness is /readyz (see docs/deploy.md).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
-  CMD ["python", "-c", "import sys, urllib.request, urllib.error\ntry:\n    urllib.request.urlopen('http://127.0.0.1:8080/', timeout=4)\nexcept urllib.error.HTTPError:\n    pass\nexcept Exception:\n    sys.exit(1)"]
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/livez', timeout=4)"]
 ENTRYPOINT ["/usr/local/bin/aether-entrypoint"]
 # `python -m api` is the one launcher (stack, tests and benchmarks run it too); workers from WEB_CONCURRENCY.
 CMD ["python", "-m", "api", "--host", "0.0.0.0", "--port", "8080"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,10 @@ def test_platform_services_take_every_kafka_client_setting_and_the_password_as_a
         assert env["KAFKA_SASL_PASSWORD_FILE"] == "/run/secrets/kafka_sasl_password"
         assert env["AETHER_LOG_FORMAT"] == "json"
         assert "sslmode=" in env["DATABASE_URL"]
+
+
+def test_api_health_is_readiness_on_readyz(config, api_server):
+    test = config["services"]["api"]["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "python"] and "'http://127.0.0.1:8080/readyz'" in test[-1]
+    command = [sys.executable, *test[2:-1], test[-1].replace("127.0.0.1:8080", f"127.0.0.1:{api_server.port}")]
+    assert subprocess.run(command, capture_output=True).returncode == 0

@@ -1,9 +1,11 @@
 """The Dockerfile, checked statically (no Docker engine here): pinned base, non-root user,
-healthcheck on GET /, hadolint clean; and its entrypoint script, which can run anywhere."""
+healthcheck on GET /livez, JSON logs, hadolint clean; and its entrypoint script, which can run anywhere."""
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -34,9 +36,26 @@ def test_runs_as_a_non_root_user():
     assert users[-1].split(":")[0] not in {"root", "0"}
 
 
-def test_healthcheck_asks_get_slash():
+def _healthcheck_command() -> list[str]:
     [check] = [args for op, args in _instructions() if op == "HEALTHCHECK"]
-    assert "urllib.request.urlopen('http://127.0.0.1:8080/'" in check
+    return json.loads(check.split("CMD", 1)[1])
+
+
+def test_healthcheck_is_liveness_on_livez(api_server):
+    command = _healthcheck_command()
+    assert command[0] == "python" and "'http://127.0.0.1:8080/livez'" in command[-1]
+    # The command itself, run against a real API, and against a port where nothing answers.
+    live = [sys.executable, *command[1:-1], command[-1].replace("127.0.0.1:8080", f"127.0.0.1:{api_server.port}")]
+    assert subprocess.run(live, capture_output=True).returncode == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))  # bound, never listening: refused
+        dead = [*live[:-1], command[-1].replace("127.0.0.1:8080", f"127.0.0.1:{s.getsockname()[1]}")]
+        assert subprocess.run(dead, capture_output=True).returncode != 0
+
+
+def test_image_logs_json():
+    env = " ".join(args for op, args in _instructions() if op == "ENV")
+    assert re.search(r"\bAETHER_LOG_FORMAT=json\b", env)
 
 
 def test_hadolint():

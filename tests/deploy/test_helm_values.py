@@ -30,3 +30,21 @@ def test_chart_version_matches_the_dagster_pin():
     for doc in (VALUES, REPO / "docs" / "deploy.md"):
         versions = set(re.findall(r"dagster/dagster --version (\S+)", doc.read_text()))
         assert versions == {dagster}, doc
+
+
+def test_api_manifest_probes_liveness_on_livez_and_readiness_on_readyz():
+    docs = list(yaml.safe_load_all((REPO / "docs" / "helm" / "api.yaml").read_text()))
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert container["startupProbe"]["httpGet"]["path"] == "/livez"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # /readyz waits up to 2 s for a database connection (api/routers/health.py).
+    assert container["readinessProbe"]["timeoutSeconds"] > 2
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["AETHER_LOG_FORMAT"] == "json"
+    values = yaml.safe_load(VALUES.read_text())
+    [deployment_values] = values["dagster-user-deployments"]["deployments"]
+    assert [s["secretRef"]["name"] for s in container["envFrom"]] == [s["name"] for s in deployment_values["envSecrets"]]
+    uid = re.search(r"^USER (\d+)", (REPO / "Dockerfile").read_text(), re.M).group(1)
+    assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == int(uid)
