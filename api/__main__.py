@@ -5,6 +5,7 @@ What it fixes, and why each option is here rather than at each launcher:
 - uvloop, and uvicorn's httptools protocol with the head held until the body
   (api.http_protocol): one send per small answer.
 - No access log: it would print query strings, where a stream ticket or token may travel.
+- Logging from aether_platform.logs (AETHER_LOG_FORMAT, AETHER_LOG_LEVEL) in every process.
 - A 5 s graceful shutdown: open event streams are told to end (api.stream.lifecycle), then cut.
 - `--fd N` serves an already-bound listening socket. A parent that needs a free port (a test, the
   stack) binds port 0 itself and hands the socket over, so no other process can take the port
@@ -21,6 +22,8 @@ import sys
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
+
+from aether_platform import logs
 
 APP = "api.main:app"
 SERVING = {"loop": "uvloop", "http": "api.http_protocol:HttpToolsProtocol", "access_log": False,
@@ -45,8 +48,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # uvicorn applies log_config in every process it runs (the supervisor of several workers too)
+    # before it imports the app: even its first lines follow AETHER_LOG_FORMAT.
     config = uvicorn.Config(args.app, factory=args.factory, host=args.host, port=args.port, workers=args.workers,
-                            backlog=args.backlog, log_level=args.log_level, **SERVING)
+                            backlog=args.backlog, log_level=args.log_level, log_config=logs.uvicorn_log_config(),
+                            **SERVING)
     if args.fd is None:
         sock = config.bind_socket()
     else:
