@@ -167,6 +167,8 @@ def configure(fmt: str | None = None, level: str | int | None = None) -> None:
     handler.setFormatter(formatter(fmt))
     # force: replace whatever an imported library installed, so every line has one format.
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    # warnings.warn() would print bare to stderr: a line no log shipper could parse.
+    logging.captureWarnings(True)
     for name in ("uvicorn", "uvicorn.error"):
         logger = logging.getLogger(name)
         logger.handlers.clear()

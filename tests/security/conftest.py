@@ -72,7 +72,9 @@ def secure_api(platform_env, tokens, jwks_url, tmp_path_factory):
                           f"{hash_token(tokens.operator)} operator ops-team\n")
     env = {**platform_env, "AETHER_AUTH": "on", "AETHER_AUTH_TOKEN_FILE": str(token_file),
            "AETHER_AUTH_OIDC_ISSUER": ISSUER, "AETHER_AUTH_OIDC_AUDIENCE": AUDIENCE,
-           "AETHER_AUTH_OIDC_JWKS_URL": jwks_url, "AETHER_WRITE_RATE_PER_TENANT": "0"}
+           "AETHER_AUTH_OIDC_JWKS_URL": jwks_url, "AETHER_WRITE_RATE_PER_TENANT": "0",
+           # Logs for real, as in production: the log tests read this server's lines.
+           "AETHER_LOG_FORMAT": "json", "AETHER_LOG_LEVEL": "INFO"}
     server = ApiServer(env, d).start()
     yield server
     server.stop()

@@ -1,6 +1,9 @@
 """Authentication on: tokens bound to one tenant, 401/403 rules, OIDC JWTs, no tokens in logs."""
 from __future__ import annotations
 
+import json
+import uuid
+
 import httpx
 import pytest
 
@@ -86,11 +89,40 @@ def test_oidc_jwt_checks(c, tokens, variant):
 
 
 def test_logs_never_contain_tokens(c, tokens, secure_api):
-    c.get("/api/crm/jobs", headers=auth("Bearer-secret-" + tokens.a, tokens.tenant_a))
-    c.get("/api/crm/jobs", headers=auth(tokens.a, tokens.tenant_a))
+    """Valid and invalid tokens, in the header and in the query: the rejections are logged, with
+    their request id and tenant, and no token value appears anywhere in the log."""
+    bad_header, bad_query = f"tok-bad-{uuid.uuid4().hex}", f"tok-badq-{uuid.uuid4().hex}"
+    valid_jwt = tokens.jwt(tokens.tenant_a)
+    forged_jwt = tokens.jwt(tokens.tenant_a, key=tokens.other_key)
+    ids = {name: f"test-{name}-{uuid.uuid4().hex}" for name in ("header", "query", "jwt")}
+
+    def rid(name: str) -> dict:
+        return {"X-Request-Id": ids[name]}
+
+    r = c.get("/api/crm/jobs", headers={**auth(bad_header, tokens.tenant_a), **rid("header")})
+    assert r.status_code == 401 and r.headers["x-request-id"] == ids["header"]
+    assert c.get("/api/crm/jobs", headers=auth(tokens.a, tokens.tenant_a)).status_code == 200
+    assert c.get("/api/crm/jobs", headers=auth(valid_jwt, tokens.tenant_a)).status_code == 200
+    assert c.get("/api/crm/jobs", headers={**auth(forged_jwt, tokens.tenant_a), **rid("jwt")}).status_code == 401
     with c.stream("GET", "/crm-events", params={"access_token": tokens.a}) as stream:
         assert stream.status_code == 200
+    assert c.get("/crm-events", params={"access_token": bad_query, "tenant": tokens.tenant_b},
+                 headers=rid("query")).status_code == 401
     c.get("/ops/crm-events", params={"access_token": tokens.operator})
-    log = secure_api.log_path.read_text()
-    for secret in (tokens.a, tokens.b, tokens.operator):
-        assert secret not in log
+
+    lines = _json_lines(secure_api.log_path)
+    rejected = {line.get("request_id"): line for line in lines
+                if line["logger"] == "aether.api.auth" and "reject" in line["message"]}
+    assert set(ids.values()) <= set(rejected), f"rejections logged: {sorted(rejected)}"
+    assert rejected[ids["header"]]["tenant"] == tokens.tenant_a
+    assert rejected[ids["header"]]["level"] == "info"
+    text = secure_api.log_path.read_text()
+    for secret in (tokens.a, tokens.b, tokens.operator, bad_header, bad_query, valid_jwt, forged_jwt,
+                   valid_jwt.rsplit(".", 1)[1], forged_jwt.rsplit(".", 1)[1]):
+        assert secret not in text
+
+
+def _json_lines(path) -> list[dict]:
+    """The server's log, every line a JSON object. A rejection is logged before its 401 is sent,
+    so the lines of the requests above are all there."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
