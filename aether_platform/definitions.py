@@ -13,9 +13,15 @@ from __future__ import annotations
 
 import dagster as dg
 
+from aether_platform import logs
 from aether_platform.dagster_defs import idempotency_keys, kafka_topic, outbox, outbox_retention
 from aether_platform.dagster_defs.resources import CrmDatabase, KafkaCluster, RelayResource
+from aether_platform.dagster_defs.run_logger import platform_console
 from aether_platform.settings import get_settings
+
+# The code server and every run worker import this module: their own lines (the relay's among
+# them) follow AETHER_LOG_FORMAT / AETHER_LOG_LEVEL.
+logs.configure()
 
 defs = dg.Definitions(
     assets=[outbox.outbox_events, outbox.outbox_relay, kafka_topic.crm_events_topic, kafka_topic.crm_events,
@@ -26,6 +32,7 @@ defs = dg.Definitions(
           kafka_topic.provision_topic_job, idempotency_keys.expire_keys_job, outbox_retention.retire_outbox_job],
     sensors=[outbox.outbox_relay_sensor, outbox.outbox_health_sensor, kafka_topic.topic_provisioning_sensor],
     schedules=[idempotency_keys.expire_keys_schedule, outbox_retention.retire_outbox_schedule],
+    loggers={"console": platform_console},
     resources={
         "crm_db": CrmDatabase(dsn=dg.EnvVar("DATABASE_URL")),
         # The topic name has a default (aetherlink.events), so it comes from settings, not EnvVar.

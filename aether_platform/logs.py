@@ -52,25 +52,48 @@ def scrub(text: str) -> str:
     return _KEY_CREDENTIAL.sub(rf"\1={REDACTED}", text)
 
 
-def _redact_value(key: str, value: Any) -> Any:
+_PLAIN = (int, float, bool, type(None))
+
+
+def _redact_value(key: str, value: Any, depth: int = 0) -> Any:
     if key.lower().replace("-", "_") in SENSITIVE_KEYS:
         return REDACTED
     if isinstance(value, str):
         return scrub(value)
-    if isinstance(value, dict):
-        return {k: _redact_value(str(k), v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        # Header lists: [(name, value), ...] redact by the pair's name.
-        if all(isinstance(v, (list, tuple)) and len(v) == 2 for v in value):
-            return [(k, _redact_value(k.decode("latin-1") if isinstance(k, bytes) else str(k), v)) for k, v in value]
-        return [_redact_value(key, v) for v in value]
-    if isinstance(value, bytes):
-        return scrub(value.decode("latin-1"))
-    return value
+    if isinstance(value, _PLAIN):
+        return value
+    if depth < 4 and type(value) is dict:
+        return {str(k): _redact_value(str(k), v, depth + 1) for k, v in value.items()}
+    if depth < 4 and type(value) in (list, tuple):
+        # Header lists, [(name, value), ...]: by the pair's name.
+        if all(type(v) in (list, tuple) and len(v) == 2 for v in value):
+            return [(_text(k), _redact_value(_text(k), v, depth + 1)) for k, v in value]
+        return [_redact_value(key, v, depth + 1) for v in value]
+    # Anything else (bytes, objects, deeper nesting) is written as its scrubbed text.
+    return scrub(_text(value))
+
+
+def _text(value: Any) -> str:
+    return value.decode("latin-1") if isinstance(value, (bytes, bytearray)) else str(value)
 
 
 # Extras libraries attach for their own formatters (uvicorn: the message with ANSI colours).
 _NOISE = frozenset({"color_message"})
+# Dagster's run loggers (aether_platform/dagster_defs/run_logger.py) get the run's metadata as
+# extras (run_id, job_name, step_key, ...) and the DagsterEvent object itself: the event is
+# written as its type (RUN_START, STEP_START, ...), not as the object's repr.
+def lift_dagster_meta(_logger, _method, event_dict: dict) -> dict:
+    meta = event_dict.pop("dagster_meta", None)
+    if isinstance(meta, dict):
+        for key in ("run_id", "job_name", "step_key"):
+            if meta.get(key):
+                event_dict.setdefault(key, meta[key])
+        event_dict.setdefault("dagster_event", meta.get("dagster_event"))
+    event = event_dict.get("dagster_event")
+    if event is not None and not isinstance(event, str):
+        event_dict["dagster_event"] = getattr(event, "event_type_value", None)
+    event_dict.pop("dagster_event_batch_metadata", None)
+    return event_dict
 
 
 def redact(_logger, _method, event_dict: dict) -> dict:
@@ -99,6 +122,10 @@ class RequestContext:
 
 
 _request: ContextVar[RequestContext | None] = ContextVar("aether_log_request", default=None)
+
+
+# Context for every line logged inside the block, in this thread or task: `with logs.bound(run_id=...)`.
+bound = structlog.contextvars.bound_contextvars
 
 
 def bind_request(ctx: RequestContext):
@@ -143,6 +170,7 @@ def _pre_chain() -> list:
         structlog.contextvars.merge_contextvars,
         add_request_context,
         structlog.stdlib.ExtraAdder(),
+        lift_dagster_meta,
     ]
 
 
@@ -159,10 +187,20 @@ def formatter(fmt: str) -> structlog.stdlib.ProcessorFormatter:
                     structlog.processors.format_exc_info, *tail])
 
 
+_active_format: str | None = None
+
+
+def active_format() -> str | None:
+    """The format configure() set in this process, or None if it was never called."""
+    return _active_format
+
+
 def configure(fmt: str | None = None, level: str | int | None = None) -> None:
     """Configure this process: one stderr handler on the root logger, uvicorn's and structlog's
     loggers routed through it. Idempotent. Arguments override AETHER_LOG_FORMAT / AETHER_LOG_LEVEL."""
+    global _active_format
     fmt, level = _settings(fmt, level)
+    _active_format = fmt
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter(fmt))
     # force: replace whatever an imported library installed, so every line has one format.
@@ -180,7 +218,8 @@ def configure(fmt: str | None = None, level: str | int | None = None) -> None:
     structlog.configure(
         # structlog's own loggers (few: Dagster uses one) skip the foreign chain: same steps here.
         processors=[structlog.stdlib.filter_by_level, *[p for p in _pre_chain()
-                                                         if not isinstance(p, structlog.stdlib.ExtraAdder)],
+                                                         if not isinstance(p, structlog.stdlib.ExtraAdder)
+                                                         and p is not lift_dagster_meta],
                     structlog.stdlib.PositionalArgumentsFormatter(),
                     structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

@@ -36,6 +36,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from aether_platform import logs
 from aether_platform.db_url import libpq_url
 from aether_platform.kafka_client import client_config
 from aether_platform.outbox_stats import OutboxStats, outbox_stats
@@ -334,6 +335,10 @@ class Relay:
         with it; the relay reconnects and competes for the lock again. An unfinished batch was
         rolled back by the server, so its rows are claimed and sent again (same event ids)."""
         started = time.monotonic()
+        with logs.bound(run_id=self.run_id):
+            return self._run(started, lifetime_seconds)
+
+    def _run(self, started: float, lifetime_seconds: float | None) -> Totals:
         while True:
             try:
                 return self._run_connected(started, lifetime_seconds)
@@ -551,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--run-id", help="names this relay in relay_status and pg_stat_activity (default: cli-<random>)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logs.configure()
     relay = Relay(RelayConfig.from_env(batch_size=args.batch_size), mode=args.mode,
                   run_id=args.run_id or f"cli-{uuid.uuid4().hex[:8]}")
     signal.signal(signal.SIGTERM, lambda *_: relay.stop())

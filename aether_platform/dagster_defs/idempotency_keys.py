@@ -2,6 +2,7 @@
 import dagster as dg
 
 from aether_platform.dagster_defs.resources import CrmDatabase
+from aether_platform.dagster_defs.run_logger import RUN_CONFIG
 from aether_platform.key_expiry import expire_keys
 
 KEYS_KEY = dg.AssetKey(["crm", "idempotency_keys"])
@@ -28,7 +29,7 @@ def idempotency_keys(config: ExpiryConfig, crm_db: CrmDatabase) -> dg.Materializ
 
 
 expire_keys_job = dg.define_asset_job("expire_idempotency_keys", selection=dg.AssetSelection.assets(KEYS_KEY),
-                                      executor_def=dg.in_process_executor,
+                                      executor_def=dg.in_process_executor, config=RUN_CONFIG,
                                       description="Delete expired idempotency keys in bounded batches.")
 
 expire_keys_schedule = dg.ScheduleDefinition(job=expire_keys_job, cron_schedule="*/15 * * * *",

@@ -8,6 +8,7 @@ still reads outbox -> relay -> events on the topic, which is what kafka/crm_even
 import dagster as dg
 
 from aether_platform.dagster_defs.resources import KafkaCluster
+from aether_platform.dagster_defs.run_logger import RUN_CONFIG
 from aether_platform.topics import declared_topic, describe_topic, drift, ensure_topic
 
 TOPIC_KEY = dg.AssetKey(["kafka", "crm_events_topic"])
@@ -64,7 +65,7 @@ def topic_matches_spec(kafka: KafkaCluster) -> dg.AssetCheckResult:
 
 provision_topic_job = dg.define_asset_job(
     "provision_kafka_topic", selection=dg.AssetSelection.assets(TOPIC_KEY),
-    executor_def=dg.in_process_executor, description="Create the CRM events topic if missing and check its spec.")
+    executor_def=dg.in_process_executor, config=RUN_CONFIG, description="Create the CRM events topic if missing and check its spec.")
 
 
 @dg.sensor(job=provision_topic_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,

@@ -9,6 +9,7 @@ from aether_platform import relay as core
 from aether_platform.dagster_defs.kafka_topic import ACTIVE, EVENTS_KEY, RELAY_KEY, TOPIC_KEY
 from aether_platform.outbox_stats import OutboxStats, outbox_stats
 from aether_platform.dagster_defs.resources import CrmDatabase, KafkaCluster, RelayResource
+from aether_platform.dagster_defs.run_logger import RUN_CONFIG
 
 OUTBOX_KEY = dg.AssetKey(["crm", "outbox_events"])
 LANE_TAG, LANE = "aether/lane", "outbox-relay"
@@ -150,7 +151,7 @@ def _relay_job(mode: str):
     return dg.define_asset_job(
         f"outbox_relay_{mode}",
         selection=dg.AssetSelection.assets(RELAY_KEY),
-        config={"ops": {"outbox_relay": {"config": {"mode": mode}}}},
+        config={**RUN_CONFIG, "ops": {"outbox_relay": {"config": {"mode": mode}}}},
         executor_def=dg.in_process_executor,
         tags={LANE_TAG: LANE, MODE_TAG: mode},
         description=f"Run the outbox relay in {mode} mode. Launched by outbox_relay_sensor; one lane, one leader.",
@@ -169,7 +170,7 @@ def relay_decision(mode: str, active: list[dg.RunRecord], now: float, has_work, 
         def streaming(**tags: str) -> dg.RunRequest:
             return dg.RunRequest(job_name=relay_streaming_job.name,
                                  tags={RETIRE_AT_TAG: str(int(now + lifetime)), **tags},
-                                 run_config={"ops": {"outbox_relay": {"config": {
+                                 run_config={**RUN_CONFIG, "ops": {"outbox_relay": {"config": {
                                      "mode": "streaming", "lifetime_seconds": lifetime}}}})
 
         if not active:
@@ -261,7 +262,7 @@ def requeue_dead_letters(context: dg.OpExecutionContext, config: RequeueConfig, 
     return n
 
 
-@dg.job(executor_def=dg.in_process_executor,
+@dg.job(executor_def=dg.in_process_executor, config=RUN_CONFIG,
         description="Requeue dead-lettered outbox events once their cause is fixed; the relay then publishes "
                     "them (and the events of their keys that waited behind them) in order.")
 def requeue_dead_lettered_events():
