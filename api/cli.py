@@ -246,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     logs.configure(args.log_format)
+    # The processes a command starts (the stack's API and Dagster, alembic) log the same way.
+    os.environ["AETHER_LOG_FORMAT"] = args.log_format
     return args.func(args)
 
 

@@ -16,6 +16,7 @@ development stack's state, so switching profiles never rewrites the other's data
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -174,7 +175,21 @@ class Config:
 
 
 def say(msg: str) -> None:
-    print(f"[stack] {msg}", flush=True)
+    # With JSON logs (AETHER_LOG_FORMAT=json, or `aether --log-format json`), progress is a log
+    # record on stderr like every other process's line; otherwise a line for the terminal.
+    from aether_platform import logs
+
+    if logs.active_format() == "json":
+        logging.getLogger("aether.stack").info(msg)
+    else:
+        print(f"[stack] {msg}", flush=True)
+
+
+def _dagster_log_format() -> list[str]:
+    """Dagster's own processes have their own switch; JSON when ours is."""
+    from aether_platform import logs
+
+    return ["--log-format", "json"] if logs.active_format() == "json" else []
 
 
 def wait_until(name: str, what: str, check: Callable[[], bool], timeout: float, log: Path | None,
@@ -696,12 +711,13 @@ def start_dagster(cfg: Config) -> None:
             raise StackError(f"dagster-webserver: port {cfg.dagster_port} is taken; set AETHER_DAGSTER_PORT")
         say(f"dagster-webserver: starting on {cfg.dagster_url} (log: {log})")
         _spawn(cfg, "dagster-webserver", [_venv_bin("dagster-webserver"), "-h", "127.0.0.1", "-p", str(cfg.dagster_port),
-                                          "-w", workspace], env=env)
+                                          "-w", workspace, *_dagster_log_format()], env=env)
     if running(cfg, "dagster-daemon"):
         say("dagster-daemon: already running")
     else:
         say(f"dagster-daemon: starting (log: {cfg.log('dagster-daemon')})")
-        _spawn(cfg, "dagster-daemon", [_venv_bin("dagster-daemon"), "run", "-w", workspace], env=env)
+        _spawn(cfg, "dagster-daemon", [_venv_bin("dagster-daemon"), "run", "-w", workspace, *_dagster_log_format()],
+               env=env)
     wait_until("dagster-webserver", f"GET {cfg.dagster_url}/server_info",
                lambda: _http_ok(f"{cfg.dagster_url}/server_info"), 240, log,
                alive=lambda: running(cfg, "dagster-webserver"))
