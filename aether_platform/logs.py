@@ -23,6 +23,7 @@ import logging.config
 import os
 import re
 import sys
+import uuid
 from contextvars import ContextVar
 from typing import Any
 
@@ -106,19 +107,31 @@ def redact(_logger, _method, event_dict: dict) -> dict:
 class RequestContext:
     """What an API request contributes to its log lines. The tenant is the authenticated
     principal's, once the authentication middleware put it in the request's ASGI state, else the
-    X-Tenant-Id header's (validated by the caller)."""
+    X-Tenant-Id header's if it is a UUID. Header values are kept raw and only decoded and checked
+    when a line is written: most requests write none."""
 
-    __slots__ = ("request_id", "header_tenant", "state")
+    __slots__ = ("_request_id", "_header_tenant", "state")
 
-    def __init__(self, request_id: str, header_tenant: str | None, state: dict):
-        self.request_id = request_id
-        self.header_tenant = header_tenant
+    def __init__(self, request_id: bytes, header_tenant: bytes | None, state: dict):
+        self._request_id = request_id
+        self._header_tenant = header_tenant
         self.state = state
+
+    @property
+    def request_id(self) -> str:
+        return self._request_id.decode("latin-1")
 
     def tenant(self) -> str | None:
         principal = self.state.get("principal")
         tenant_id = getattr(principal, "tenant_id", None)
-        return str(tenant_id) if tenant_id is not None else self.header_tenant
+        if tenant_id is not None:
+            return str(tenant_id)
+        if self._header_tenant is None:
+            return None
+        try:
+            return str(uuid.UUID(self._header_tenant.decode("latin-1")))
+        except ValueError:
+            return None
 
 
 _request: ContextVar[RequestContext | None] = ContextVar("aether_log_request", default=None)
