@@ -19,7 +19,6 @@ Guarantees:
 from __future__ import annotations
 
 import logging
-import logging.config
 import os
 import re
 import sys
@@ -80,9 +79,11 @@ def _text(value: Any) -> str:
 
 # Extras libraries attach for their own formatters (uvicorn: the message with ANSI colours).
 _NOISE = frozenset({"color_message"})
+
+
 # Dagster's run loggers (aether_platform/dagster_defs/run_logger.py) get the run's metadata as
 # extras (run_id, job_name, step_key, ...) and the DagsterEvent object itself: the event is
-# written as its type (RUN_START, STEP_START, ...), not as the object's repr.
+# written as its type (PIPELINE_START, STEP_START, ...), not as the object's repr.
 def lift_dagster_meta(_logger, _method, event_dict: dict) -> dict:
     meta = event_dict.pop("dagster_meta", None)
     if isinstance(meta, dict):
