@@ -175,3 +175,12 @@ def test_api_health_is_readiness_on_readyz(config, api_server):
     assert test[:2] == ["CMD", "python"] and "'http://127.0.0.1:8080/readyz'" in test[-1]
     command = [sys.executable, *test[2:-1], test[-1].replace("127.0.0.1:8080", f"127.0.0.1:{api_server.port}")]
     assert subprocess.run(command, capture_output=True).returncode == 0
+
+
+def test_every_platform_process_logs_json(config):
+    """Our processes follow the image's AETHER_LOG_FORMAT=json; Dagster's take their own flag."""
+    services = config["services"]
+    for name in ("dagster-webserver", "dagster-daemon"):
+        command = services[name]["command"]
+        assert command[command.index("--log-format") + 1] == "json", name
+    assert services["init"]["environment"]["AETHER_LOG_FORMAT"] == "json"

@@ -19,6 +19,7 @@ def test_user_deployment_serves_the_workspace_module_as_the_image_user():
     module = workspace["load_from"][0]["python_module"]["module_name"]
     args = deployment["dagsterApiGrpcArgs"]
     assert args[args.index("--module-name") + 1] == module
+    assert args[args.index("--log-format") + 1] == "json"
     uid = re.search(r"^USER (\d+)", (REPO / "Dockerfile").read_text(), re.M).group(1)
     assert deployment["podSecurityContext"]["runAsUser"] == int(uid)
     assert values["postgresql"]["enabled"] is False
