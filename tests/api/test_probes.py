@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import httpx
+
 from tests.conftest import REPO, ApiServer
 
 READY = {"status": "ready", "database": "ok", "kafka": "ok", "stream_consumer": "running"}
