@@ -61,6 +61,14 @@ def test_request_id_is_echoed_when_plausible_else_generated(client, sent, echoed
         assert re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"])
 
 
+def test_request_id_is_echoed_by_the_create_fast_path_and_the_stream(client, tenant):
+    r = client.post("/api/crm/jobs", json={"title": "rid"}, headers={
+        "X-Tenant-Id": tenant, "Idempotency-Key": f"k-{uuid.uuid4()}", "X-Request-Id": "create-1"})
+    assert r.status_code == 202 and r.headers["x-request-id"] == "create-1"
+    with client.stream("GET", "/crm-events", params={"tenant": tenant}, headers={"X-Request-Id": "sse-1"}) as s:
+        assert s.status_code == 200 and s.headers["x-request-id"] == "sse-1"
+
+
 def test_request_id_is_generated_per_request(client):
     ids = {client.get("/livez").headers["x-request-id"] for _ in range(3)}
     assert len(ids) == 3
