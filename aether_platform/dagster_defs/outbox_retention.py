@@ -7,6 +7,7 @@ import dagster as dg
 from aether_platform import retention as core
 from aether_platform.dagster_defs.outbox import OUTBOX_KEY
 from aether_platform.dagster_defs.resources import CrmDatabase
+from aether_platform.dagster_defs.run_logger import RUN_CONFIG
 
 RETENTION_KEY = dg.AssetKey(["crm", "outbox_retention"])
 
@@ -102,7 +103,7 @@ def retention_keeps_up(crm_db: CrmDatabase) -> dg.AssetCheckResult:
 
 retire_outbox_job = dg.define_asset_job(
     "retire_published_outbox_rows", selection=dg.AssetSelection.assets(RETENTION_KEY),
-    executor_def=dg.in_process_executor,
+    executor_def=dg.in_process_executor, config=RUN_CONFIG,
     description="Delete published outbox rows past retention in small batches, then check retention keeps up.")
 
 retire_outbox_schedule = dg.ScheduleDefinition(
