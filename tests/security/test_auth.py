@@ -61,7 +61,41 @@ def test_operator_token_cannot_use_the_crm_api_but_reads_metrics(c, tokens):
 def test_command_center_needs_an_operator_token(c, tokens):
     assert c.get("/ops/crm-events").status_code == 401
     assert c.get("/ops/crm-events", headers=auth(tokens.a)).status_code == 403
-    assert c.get("/ops/crm-events", params={"access_token": tokens.operator}).status_code == 200
+    assert c.get("/ops/crm-events", headers=auth(tokens.operator)).status_code == 200
+
+
+def test_a_token_in_the_url_is_no_credential(c, tokens):
+    """URLs end up in proxy logs and browser history: only the header (or the sign-in cookie) counts."""
+    assert c.get("/ops/crm-events", params={"access_token": tokens.operator}).status_code == 401
+    assert c.get("/crm-events", params={"access_token": tokens.a}).status_code == 401
+
+
+def test_sign_in_form_sets_a_scoped_httponly_ticket_cookie(c, tokens):
+    page = c.get("/ops/crm-events", headers={"Accept": "text/html"})
+    assert page.status_code == 401 and page.headers["content-type"].startswith("text/html")
+    assert 'method="post" action="/ops/session"' in page.text
+    assert c.post("/ops/session", data={"token": tokens.a}).status_code == 403  # a tenant's token
+    bad = c.post("/ops/session", data={"token": "nope"})
+    assert bad.status_code == 401 and "set-cookie" not in bad.headers
+    r = c.post("/ops/session", data={"token": tokens.operator, "next": "https://evil.test/x"})
+    assert r.status_code == 303 and r.headers["location"] == "/ops/crm-events"
+    cookies = r.headers.get_list("set-cookie")
+    assert sorted(ck.split("; Path=")[1].split(";")[0] for ck in cookies) == ["/crm-events", "/ops"]
+    for ck in cookies:
+        assert "HttpOnly" in ck and "SameSite=Strict" in ck and tokens.operator not in ck
+    ticket = cookies[0].split(";")[0].split("=", 1)[1]
+    jar = {"Cookie": f"aether_stream_ticket={ticket}"}
+    with httpx.Client(base_url=c.base_url, timeout=30) as fresh:
+        assert fresh.get("/ops/crm-events", headers=jar).status_code == 200
+        assert fresh.get("/ops/session", headers=jar).json()["operator"] is True
+        with fresh.stream("GET", "/crm-events", headers=jar) as stream:
+            assert stream.status_code == 200
+        # the ticket reads the stream and the page, nothing else
+        assert fresh.get("/metrics", headers=jar).status_code == 401
+        assert fresh.get("/api/crm/jobs", headers={**jar, "X-Tenant-Id": tokens.tenant_a}).status_code == 401
+        tampered = {"Cookie": f"aether_stream_ticket={ticket[:-2]}xx"}
+        assert fresh.get("/ops/session", headers=tampered).status_code == 401
+        assert fresh.get("/ops/crm-events", headers=tampered).status_code == 401
 
 
 def test_health_and_docs_stay_public(c):
@@ -88,9 +122,11 @@ def test_oidc_jwt_checks(c, tokens, variant):
 def test_logs_never_contain_tokens(c, tokens, secure_api):
     c.get("/api/crm/jobs", headers=auth("Bearer-secret-" + tokens.a, tokens.tenant_a))
     c.get("/api/crm/jobs", headers=auth(tokens.a, tokens.tenant_a))
-    with c.stream("GET", "/crm-events", params={"access_token": tokens.a}) as stream:
+    with c.stream("GET", "/crm-events", headers=auth(tokens.a)) as stream:
         assert stream.status_code == 200
     c.get("/ops/crm-events", params={"access_token": tokens.operator})
+    c.post("/ops/session", data={"token": tokens.operator})
+    c.post("/ops/session", data={"token": tokens.operator + "x"})
     log = secure_api.log_path.read_text()
     for secret in (tokens.a, tokens.b, tokens.operator):
         assert secret not in log
