@@ -41,12 +41,14 @@ def installed() -> bool:
 
 class OidcProvider:
     """clients: [{"client_id", "client_secret", "tenant_id": str} | {..., "role": "operator"}].
-    The audience must be an absolute URI (RFC 8707 resource indicators)."""
+    The audience must be an absolute URI (RFC 8707 resource indicators); tokens are for it unless
+    a client asks for one of other_audiences."""
 
     def __init__(self, clients: list[dict], audience: str = DEFAULT_AUDIENCE, token_ttl_seconds: int = 300,
-                 host: str = "127.0.0.1", port: int = 0):
+                 host: str = "127.0.0.1", port: int = 0, other_audiences: tuple[str, ...] = ()):
         self.clients = clients
         self.audience = audience
+        self.other_audiences = list(other_audiences)
         self.token_ttl_seconds = token_ttl_seconds
         self.host = host
         self.port = port
@@ -76,7 +78,7 @@ class OidcProvider:
         config = self.state_dir / "clients.json"
         fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump({"audience": self.audience, "token_ttl_seconds": self.token_ttl_seconds,
+            json.dump({"audience": self.audience, "other_audiences": self.other_audiences, "token_ttl_seconds": self.token_ttl_seconds,
                        "clients": self.clients}, f)
         log = open(self.state_dir / "provider.log", "ab")
         self.proc = subprocess.Popen(

@@ -6,12 +6,13 @@
 // grant with resource indicators issuing JWT access tokens, and keys that rotate.
 //
 // Usage: node provider.mjs --config clients.json --state-dir DIR [--host 127.0.0.1] [--port 0]
-//   clients.json: {"audience": "aether-api", "token_ttl_seconds": 300,
+//   clients.json: {"audience": "https://api.example", "other_audiences": [], "token_ttl_seconds": 300,
 //                  "clients": [{"client_id", "client_secret", "tenant_id": uuid} |
 //                              {"client_id", "client_secret", "role": "operator"}]}
 // Binds --port (default 0: any free port) and, when ready, prints ONE JSON line on stdout:
 //   {"issuer", "jwks_uri", "token_endpoint", "port", "admin"}
-// Access tokens are JWTs (RS256) with aud = the audience, and the client's tenant in the
+// Access tokens are JWTs (RS256) with aud = the audience (an absolute URI, as RFC 8707 resource
+// indicators must be; or one of other_audiences, when the client asks), and the client's tenant in the
 // `tenant_id` claim, or `aether_role: "operator"`.
 //
 // Keys live in DIR/jwks.json (private, mode 0600), so a restart on the same port keeps the
@@ -43,7 +44,12 @@ if (!args.config || !args['state-dir']) {
 }
 
 const config = JSON.parse(readFileSync(args.config, 'utf8'));
-const audience = config.audience || 'aether-api';
+const audience = config.audience;
+if (!audience || !URL.canParse(audience)) {
+  console.error('config: "audience" must be an absolute URI (RFC 8707), e.g. https://api.example');
+  process.exit(2);
+}
+const audiences = new Set([audience, ...(config.other_audiences || [])]);
 const ttl = Number(config.token_ttl_seconds || 300);
 const byId = new Map();
 for (const c of config.clients || []) {
@@ -86,8 +92,8 @@ function build(issuer, keys) {
         // A client that names no resource gets a token for the API.
         defaultResource: async (_ctx, _client, oneOf) => oneOf || audience,
         getResourceServerInfo: async (_ctx, resource) => {
-          if (resource !== audience) throw new errors.InvalidTarget();
-          return { scope: 'crm', audience, accessTokenTTL: ttl, accessTokenFormat: 'jwt', jwt: { sign: { alg: 'RS256' } } };
+          if (!audiences.has(resource)) throw new errors.InvalidTarget();
+          return { scope: 'crm', audience: resource, accessTokenTTL: ttl, accessTokenFormat: 'jwt', jwt: { sign: { alg: 'RS256' } } };
         },
       },
     },
