@@ -313,4 +313,8 @@ def from_settings(settings) -> Authenticator | None:
 
 
 def tickets_from_settings(settings) -> StreamTickets:
-    return StreamTickets(settings.auth_stream_ticket_secret.get_secret_value(), settings.auth_stream_ticket_seconds)
+    secret = settings.auth_stream_ticket_secret.get_secret_value()
+    if settings.auth and not secret:
+        log.warning("AETHER_AUTH_STREAM_TICKET_SECRET is not set: a Command Center sign-in works only on the API "
+                    "process that issued it; set it when several workers or replicas serve the API")
+    return StreamTickets(secret, settings.auth_stream_ticket_seconds)
