@@ -89,7 +89,8 @@ class Authentication:
         try:
             principal = await self.auth.verify(token) if token is not None else self.tickets.verify(ticket)
         except KeysUnavailable as exc:
-            log.warning("cannot verify a token on %s: %s", path, exc)
+            # aether.auth already warned once when the issuer became unreachable; not per request.
+            log.debug("cannot verify a token on %s: %s", path, exc)
             return await _deny(send, scope, 503, "Identity provider unreachable",
                                "The token's signing key is not known here and the identity provider cannot be "
                                "reached to fetch it. Try again later.", retry_after=exc.retry_after)
@@ -242,7 +243,8 @@ async def _sign_in_page(send, scope, status: int, message: str | None, target: s
         target = _safe_next(scope["path"] + "?" + scope["query_string"].decode("latin-1"))
     note = f'<p class="message" role="alert">{html.escape(message)}</p>' if message else ""
     page = SIGN_IN.replace("{message}", note).replace("{next}", html.escape(target, quote=True))
-    headers = [(b"cache-control", b"no-store"), (b"www-authenticate", b'Bearer realm="aether"')]
+    headers = [(b"cache-control", b"no-store"), (b"www-authenticate", b'Bearer realm="aether"'),
+               (b"content-security-policy", b"frame-ancestors 'none'"), (b"x-frame-options", b"DENY")]
     await _respond(send, status, "text/html; charset=utf-8", page.encode(), headers)
 
 
