@@ -103,3 +103,40 @@ def test_an_invalid_sign_in_stays_on_the_form(stack, browser_context):
     page.click("button[type=submit]")
     page.wait_for_url(f"{api.url}/ops/crm-events?types=JobCreated")
     expect(page.locator("#status")).to_have_attribute("data-state", "live", timeout=15_000)
+
+
+def test_a_sign_in_survives_a_restart_with_a_shared_secret_and_ends_cleanly_without(stack, browser_context,
+                                                                                  e2e_env, tmp_path):  # noqa: F811
+    """With AETHER_AUTH_STREAM_TICKET_SECRET the ticket outlives the process; once it is no
+    longer valid the page says "signed out" and offers the sign-in, instead of looping on "down"."""
+    clients, provider, _, _ = stack
+    env = {**e2e_env, "AETHER_AUTH": "on", "AETHER_AUTH_OIDC_ISSUER": provider.issuer,
+           "AETHER_AUTH_OIDC_AUDIENCE": AUDIENCE, "AETHER_SSE_RETRY_MS": "300",
+           "AETHER_AUTH_STREAM_TICKET_SECRET": uuid.uuid4().hex}
+    api = ApiServer(env, tmp_path).start()
+    try:
+        page = browser_context.new_page()
+        page.goto(f"{api.url}/ops/crm-events")
+        page.fill("#token", token(provider, clients, "ops"))
+        page.click("button[type=submit]")
+        status = page.locator("#status")
+        expect(status).to_have_attribute("data-state", "live", timeout=15_000)
+
+        api.stop()
+        expect(status).to_have_attribute("data-state", "down", timeout=15_000)
+        api.start()
+        expect(status).to_have_attribute("data-state", "live", timeout=30_000)
+
+        api.stop()
+        api.env = {**env, "AETHER_AUTH_STREAM_TICKET_SECRET": uuid.uuid4().hex}  # every ticket now invalid
+        api.start()
+        expect(status).to_have_attribute("data-state", "signed out", timeout=30_000)
+        sign_in = page.locator("#sign-in")
+        expect(sign_in).to_be_visible()
+        sign_in.click()
+        expect(page.locator(".message")).to_have_text("Your sign-in has expired or is no longer valid.")
+        page.fill("#token", token(provider, clients, "ops"))
+        page.click("button[type=submit]")
+        expect(page.locator("#status")).to_have_attribute("data-state", "live", timeout=15_000)
+    finally:
+        api.stop()
