@@ -18,7 +18,9 @@ OIDC keys (OidcVerifier), for an asyncio server:
   PyJWKClient in a worker thread, and verification reads the last good key set from memory.
 - The key set is re-read in the background every `refresh_seconds`
   (AETHER_AUTH_OIDC_JWKS_REFRESH_SECONDS, default 300): a key the issuer removed is refused
-  within that time, plus the fetch timeout (5 s).
+  within that time, plus the fetch timeout (5 s), as long as the issuer answers (an unreachable
+  issuer leaves the last key set in force; after a failed read the next try comes after the
+  cooldown, not the full interval).
 - A token naming a key not in the set triggers one immediate re-read, at most once per
   `cooldown_seconds` (AETHER_AUTH_OIDC_JWKS_COOLDOWN_SECONDS, default 10), shared by concurrent
   requests, so that random `kid`s cannot make us hammer the issuer. A kid still unknown after a
