@@ -26,7 +26,8 @@ fetch() and the header). Instead the Command Center signs in:
 3. The page's EventSource sends the cookie with /crm-events. A ticket is accepted only on
    /crm-events and /ops/, never on the CRM API. An open stream is not cut when its ticket
    expires; a reconnect after that gets 401, and the page asks the operator to sign in again
-   (it checks GET /ops/session, which says who is signed in, or 401).
+   (it checks GET /ops/session, which says who is signed in, or 401; opened in the browser,
+   /ops/session shows the sign-in form).
 Without AETHER_AUTH_STREAM_TICKET_SECRET each API process signs with a key of its own.
 
 An OIDC token whose signing key cannot be fetched now (the issuer is unreachable and the key is
@@ -134,6 +135,10 @@ class Authentication:
             except AuthError:
                 principal = None
             if principal is None:
+                if _wants_html(scope):  # a browser sent here by the page's "sign in again" link
+                    query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
+                    return await _sign_in_page(send, scope, 401, "Your sign-in has expired or is no longer valid.",
+                                               _safe_next(query.get("next", "")))
                 return await _deny(send, scope, 401, "Not signed in", "No valid Command Center sign-in.")
             body = orjson.dumps({"subject": principal.subject, "operator": principal.operator,
                                  "tenant": str(principal.tenant_id) if principal.tenant_id else None})
