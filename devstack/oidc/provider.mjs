@@ -25,10 +25,21 @@ import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
+import { format, parseArgs } from 'node:util';
 
-import Provider, { errors } from 'oidc-provider';
 import { generateKeyPair, exportJWK } from 'jose';
+
+// Every log line is one JSON object on stderr, like the platform's own logs (oidc-provider's
+// warnings included); stdout carries only the ready line, and a reader that went away (the
+// stack's launcher exits after start) is no error.
+for (const [name, level] of [['log', 'info'], ['info', 'info'], ['warn', 'warning'], ['error', 'error']]) {
+  console[name] = (...parts) => process.stderr.write(`${JSON.stringify({
+    time: new Date().toISOString(), level, logger: 'oidc-provider', message: format(...parts),
+  })}\n`);
+}
+process.stdout.on('error', () => {});
+// Imported only now, so that the warnings it prints while loading go through the JSON console.
+const { default: Provider, errors } = await import('oidc-provider');
 
 const { values: args } = parseArgs({
   options: {
@@ -84,6 +95,7 @@ function build(issuer, keys) {
       token_endpoint_auth_method: 'client_secret_basic',
     })),
     jwks: { keys },
+    ttl: { ClientCredentials: ttl },
     features: {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
