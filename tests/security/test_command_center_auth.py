@@ -4,6 +4,7 @@ outbox → relay → Kafka → /crm-events and shows up live and green; the cred
 in a URL, the browser history, a cookie a script can read, or any log."""
 from __future__ import annotations
 
+import json
 import uuid
 
 import httpx
@@ -85,6 +86,7 @@ def test_operator_signs_in_and_sees_a_created_job_live(stack, browser_context):
 
     # Nothing that authenticates anybody reaches a log.
     logs = [api.log_path, relay.log_path, provider.state_dir / "provider.log"]
+    assert all(json.loads(line)["level"] for line in logs[2].read_text().splitlines())
     for path in logs:
         text = path.read_text()
         for secret in (ops_token, tenant_token, ticket, *clients.secrets.values()):
