@@ -130,3 +130,14 @@ def test_logs_never_contain_tokens(c, tokens, secure_api):
     log = secure_api.log_path.read_text()
     for secret in (tokens.a, tokens.b, tokens.operator):
         assert secret not in log
+
+
+def test_a_remembered_jwt_still_expires(c, tokens):
+    """Verified JWTs are remembered (verifying costs CPU), but never past their `exp`."""
+    import time
+
+    token = tokens.jwt(tokens.tenant_a, exp_in=2)
+    for _ in range(3):
+        assert c.get("/api/crm/jobs", headers=auth(token, tokens.tenant_a)).status_code == 200
+    time.sleep(3)
+    assert c.get("/api/crm/jobs", headers=auth(token, tokens.tenant_a)).status_code == 401
