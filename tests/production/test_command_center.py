@@ -61,5 +61,7 @@ def test_command_center_under_auth_shows_a_provider_token_job_live_and_green(pro
             browser.close()
     for path in [p for p in prod.state_dir.rglob("*.log") if p.is_file()]:
         text = path.read_text(errors="replace")
+        # the profile shares one ticket key between the API's workers
+        assert "AETHER_AUTH_STREAM_TICKET_SECRET is not set" not in text, path
         for secret in (ops, tenant_token, ticket):
             assert secret not in text, path
