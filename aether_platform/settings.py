@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_PG_PORT = 55432
@@ -56,6 +56,18 @@ class Settings(BaseSettings):
     auth_oidc_audience: str = Field("", alias="AETHER_AUTH_OIDC_AUDIENCE")
     auth_oidc_jwks_url: str = Field("", alias="AETHER_AUTH_OIDC_JWKS_URL")
     auth_tenant_claim: str = Field("tenant_id", alias="AETHER_AUTH_TENANT_CLAIM")
+    # A JWT whose claim of this name is "operator" is an operator's (no tenant needed).
+    auth_role_claim: str = Field("aether_role", alias="AETHER_AUTH_ROLE_CLAIM")
+    # The JWKS is re-read this often in the background: a key removed at the issuer is refused
+    # within this time. A token naming an unknown key triggers one extra read, at most once per
+    # cooldown; while the issuer is unreachable such a token gets 503 with Retry-After.
+    auth_oidc_jwks_refresh_seconds: float = Field(300.0, alias="AETHER_AUTH_OIDC_JWKS_REFRESH_SECONDS", gt=0)
+    auth_oidc_jwks_cooldown_seconds: float = Field(10.0, alias="AETHER_AUTH_OIDC_JWKS_COOLDOWN_SECONDS", ge=0)
+    # The Command Center's sign-in cookie (api/security.py): a signed stream ticket, valid this
+    # long. Its HMAC key: set it when several API processes serve one site (else each process
+    # makes its own, and a ticket works only on the process that issued it, until it restarts).
+    auth_stream_ticket_seconds: int = Field(3600, alias="AETHER_AUTH_STREAM_TICKET_SECONDS", gt=0)
+    auth_stream_ticket_secret: SecretStr = Field(SecretStr(""), alias="AETHER_AUTH_STREAM_TICKET_SECRET")
     # With auth on: /metrics and the Command Center page need an operator token.
     auth_protect_metrics: bool = Field(True, alias="AETHER_AUTH_PROTECT_METRICS")
     auth_protect_ops: bool = Field(True, alias="AETHER_AUTH_PROTECT_OPS")

@@ -78,7 +78,8 @@ def create_app() -> FastAPI:
     app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes,
                        max_header_bytes=settings.max_header_bytes, max_json_depth=settings.max_json_depth)
     app.add_middleware(Authentication, authenticator=auth.from_settings(settings),
-                       protect_metrics=settings.auth_protect_metrics, protect_ops=settings.auth_protect_ops)
+                       protect_metrics=settings.auth_protect_metrics, protect_ops=settings.auth_protect_ops,
+                       tickets=auth.tickets_from_settings(settings))
     problems.install(app)
     install_metrics(app)
     # Added last, so outermost: the request id and tenant are bound for every line below it.

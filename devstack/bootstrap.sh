@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # Installs what the platform needs and is missing, then the pinned Python environment in .venv.
-# Idempotent and quick when everything is there. Usage: devstack/bootstrap.sh [--browser] [--bench]
+# Idempotent and quick when everything is there. Usage: devstack/bootstrap.sh [--browser] [--bench] [--oidc]
 #   --browser  also what only the test suite needs: Debian's chromium + chromium-driver (browser
-#              tests) and docker-compose (tests/deploy).
+#              tests) and docker-compose (tests/deploy); implies --oidc.
+#   --oidc     the local OpenID Provider of the tests and the production profile: `npm ci` of the
+#              pinned oidc-provider into devstack/oidc/node_modules (needs Node.js 20+ and npm).
 #   --bench    also wrk (the HTTP load generator of bench/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_browser=0
 want_bench=0
+want_oidc=0
 for arg in "$@"; do
   case "$arg" in
-    --browser) want_browser=1 ;;
+    --browser) want_browser=1; want_oidc=1 ;;
     --bench) want_bench=1 ;;
+    --oidc) want_oidc=1 ;;
   esac
 done
 
@@ -76,5 +80,20 @@ if [ ! -f "$stamp" ]; then
   fi
   rm -f .venv/.installed-*
   touch "$stamp"
+fi
+
+if [ "$want_oidc" = 1 ]; then
+  node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+  if [ "$node_major" -lt 20 ] || ! have npm; then
+    echo "[bootstrap] the OIDC provider needs Node.js 20+ and npm (found: $(node --version 2>/dev/null || echo none))"; exit 1
+  fi
+  lock_stamp="devstack/oidc/node_modules/.installed-$(sha1sum devstack/oidc/package-lock.json | cut -c1-12)"
+  if [ ! -f "$lock_stamp" ]; then
+    echo "[bootstrap] installing the pinned oidc-provider into devstack/oidc/node_modules (log: .venv/npm.log)"
+    if ! (cd devstack/oidc && npm ci --no-audit --no-fund) >.venv/npm.log 2>&1; then
+      echo "[bootstrap] npm ci failed; log: .venv/npm.log"; tail -20 .venv/npm.log; exit 1
+    fi
+    touch "$lock_stamp"
+  fi
 fi
 echo "[bootstrap] ready"

@@ -678,8 +678,11 @@ def start_api(cfg: Config) -> None:
         metrics_dir = cfg.state_dir / "api-metrics"
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True)
+        # Every worker signs the Command Center's sign-in cookie with the same key (api/security.py);
+        # kept out of cfg.env(), which `stack env` prints.
+        tickets = {"AETHER_AUTH_STREAM_TICKET_SECRET": _secret(cfg, "stream-ticket.secret")} if cfg.production else {}
         _spawn(cfg, "api", [sys.executable, "-m", "api", "--port", str(cfg.api_port), "--workers", str(cfg.api_workers)],
-               env={**_platform_env(cfg), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
+               env={**_platform_env(cfg), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), **tickets})
     wait_until("api", f"GET {cfg.api_url}/", lambda: _http_answers(f"{cfg.api_url}/"), 60, log,
                alive=lambda: running(cfg, "api"))
 

@@ -64,7 +64,41 @@ def test_operator_token_cannot_use_the_crm_api_but_reads_metrics(c, tokens):
 def test_command_center_needs_an_operator_token(c, tokens):
     assert c.get("/ops/crm-events").status_code == 401
     assert c.get("/ops/crm-events", headers=auth(tokens.a)).status_code == 403
-    assert c.get("/ops/crm-events", params={"access_token": tokens.operator}).status_code == 200
+    assert c.get("/ops/crm-events", headers=auth(tokens.operator)).status_code == 200
+
+
+def test_a_token_in_the_url_is_no_credential(c, tokens):
+    """URLs end up in proxy logs and browser history: only the header (or the sign-in cookie) counts."""
+    assert c.get("/ops/crm-events", params={"access_token": tokens.operator}).status_code == 401
+    assert c.get("/crm-events", params={"access_token": tokens.a}).status_code == 401
+
+
+def test_sign_in_form_sets_a_scoped_httponly_ticket_cookie(c, tokens):
+    page = c.get("/ops/crm-events", headers={"Accept": "text/html"})
+    assert page.status_code == 401 and page.headers["content-type"].startswith("text/html")
+    assert 'method="post" action="/ops/session"' in page.text
+    assert c.post("/ops/session", data={"token": tokens.a}).status_code == 403  # a tenant's token
+    bad = c.post("/ops/session", data={"token": "nope"})
+    assert bad.status_code == 401 and "set-cookie" not in bad.headers
+    r = c.post("/ops/session", data={"token": tokens.operator, "next": "https://evil.test/x"})
+    assert r.status_code == 303 and r.headers["location"] == "/ops/crm-events"
+    cookies = r.headers.get_list("set-cookie")
+    assert sorted(ck.split("; Path=")[1].split(";")[0] for ck in cookies) == ["/crm-events", "/ops"]
+    for ck in cookies:
+        assert "HttpOnly" in ck and "SameSite=Strict" in ck and tokens.operator not in ck
+    ticket = cookies[0].split(";")[0].split("=", 1)[1]
+    jar = {"Cookie": f"aether_stream_ticket={ticket}"}
+    with httpx.Client(base_url=c.base_url, timeout=30) as fresh:
+        assert fresh.get("/ops/crm-events", headers=jar).status_code == 200
+        assert fresh.get("/ops/session", headers=jar).json()["operator"] is True
+        with fresh.stream("GET", "/crm-events", headers=jar) as stream:
+            assert stream.status_code == 200
+        # the ticket reads the stream and the page, nothing else
+        assert fresh.get("/metrics", headers=jar).status_code == 401
+        assert fresh.get("/api/crm/jobs", headers={**jar, "X-Tenant-Id": tokens.tenant_a}).status_code == 401
+        tampered = {"Cookie": f"aether_stream_ticket={ticket[:-2]}xx"}
+        assert fresh.get("/ops/session", headers=tampered).status_code == 401
+        assert fresh.get("/ops/crm-events", headers=tampered).status_code == 401
 
 
 def test_health_and_docs_stay_public(c):
@@ -89,8 +123,9 @@ def test_oidc_jwt_checks(c, tokens, variant):
 
 
 def test_logs_never_contain_tokens(c, tokens, secure_api):
-    """Valid and invalid tokens, in the header and in the query: the rejections are logged, with
-    their request id and tenant, and no token value appears anywhere in the log."""
+    """Valid and invalid tokens, in the header and in the query (which is never read): the
+    rejections are logged, with their request id and tenant, and no token value appears anywhere
+    in the log."""
     bad_header, bad_query = f"tok-bad-{uuid.uuid4().hex}", f"tok-badq-{uuid.uuid4().hex}"
     valid_jwt = tokens.jwt(tokens.tenant_a)
     forged_jwt = tokens.jwt(tokens.tenant_a, key=tokens.other_key)
@@ -104,16 +139,18 @@ def test_logs_never_contain_tokens(c, tokens, secure_api):
     assert c.get("/api/crm/jobs", headers=auth(tokens.a, tokens.tenant_a)).status_code == 200
     assert c.get("/api/crm/jobs", headers=auth(valid_jwt, tokens.tenant_a)).status_code == 200
     assert c.get("/api/crm/jobs", headers={**auth(forged_jwt, tokens.tenant_a), **rid("jwt")}).status_code == 401
-    with c.stream("GET", "/crm-events", params={"access_token": tokens.a}) as stream:
+    with c.stream("GET", "/crm-events", headers=auth(tokens.a)) as stream:
         assert stream.status_code == 200
     assert c.get("/crm-events", params={"access_token": bad_query, "tenant": tokens.tenant_b},
                  headers=rid("query")).status_code == 401
     c.get("/ops/crm-events", params={"access_token": tokens.operator})
+    c.post("/ops/session", data={"token": tokens.operator})
+    c.post("/ops/session", data={"token": tokens.operator + "x"})
 
     lines = _json_lines(secure_api.log_path)
     rejected = {line.get("request_id"): line for line in lines
                 if line["logger"] == "aether.api.auth" and "reject" in line["message"]}
-    assert set(ids.values()) <= set(rejected), f"rejections logged: {sorted(rejected)}"
+    assert {ids["header"], ids["jwt"]} <= set(rejected), f"rejections logged: {sorted(rejected)}"
     assert rejected[ids["header"]]["tenant"] == tokens.tenant_a
     assert rejected[ids["header"]]["level"] == "info"
     text = secure_api.log_path.read_text()
@@ -126,3 +163,14 @@ def _json_lines(path) -> list[dict]:
     """The server's log, every line a JSON object. A rejection is logged before its 401 is sent,
     so the lines of the requests above are all there."""
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_a_remembered_jwt_still_expires(c, tokens):
+    """Verified JWTs are remembered (verifying costs CPU), but never past their `exp`."""
+    import time
+
+    token = tokens.jwt(tokens.tenant_a, exp_in=2)
+    for _ in range(3):
+        assert c.get("/api/crm/jobs", headers=auth(token, tokens.tenant_a)).status_code == 200
+    time.sleep(3)
+    assert c.get("/api/crm/jobs", headers=auth(token, tokens.tenant_a)).status_code == 401

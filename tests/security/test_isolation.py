@@ -60,8 +60,8 @@ def test_tenant_a_cannot_touch_tenant_b(secure_api, tokens, b_rows, db, plural, 
 def test_stream_shows_only_the_tokens_tenant_whatever_the_query(secure_api, tokens, kafka_bootstrap, topic):
     producer = EventProducer(kafka_bootstrap, topic)
     since_ms = int(time.time() * 1000) - 60_000
-    url = f"{secure_api.url}/crm-events?tenant={tokens.tenant_b}&access_token={tokens.a}&since={since_ms}"
-    with SseClient(url) as client:
+    url = f"{secure_api.url}/crm-events?tenant={tokens.tenant_b}&since={since_ms}"
+    with SseClient(url, headers={"Authorization": f"Bearer {tokens.a}"}) as client:
         client.wait(lambda c: c.status is not None, what="response")
         assert client.status == 200
         sent_a = [producer.job(tokens.tenant_a, title=f"a{i}") for i in range(5)]
