@@ -125,7 +125,7 @@ def main() -> None:
                     if relay.poll() is not None:
                         raise SystemExit("the relay exited during the run")
                     latencies = [(published[eid] - t) * 1000 for eid, t in committed.items() if eid in published]
-                    counts.append(f"{label}: {len(latencies):,} events")
+                    counts.append(f"{label}: {len(latencies):,} events at {rate:,.0f}/s")
                     p50, p99 = pct(latencies, 50), pct(latencies, 99)
                     f50, f99 = pct(floor, 50), pct(floor, 99)
                     figures += [
