@@ -73,6 +73,62 @@ def kafka_floor(bootstrap: str, topic: str, n: int, rate: float = RATE) -> list[
     return acked
 
 
+def produce_consume_floor(bootstrap: str, topic: str, n: int, rate: float = RATE) -> list[float]:
+    """Milliseconds from each record's due time (an open-loop schedule at `rate`/s) to its
+    arrival at a bare consumer: the least any produce → consume path can take here, the floor
+    that API → SSE is compared with. The producer has the relay's durability at linger 0 and
+    flushes each record; the consumer is the SSE hub's (api.stream.hub.consumer_config),
+    assigned at the end of every partition. A record not consumed within 30 s fails the run."""
+    import threading
+
+    from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+
+    from api.stream.hub import consumer_config
+
+    consumer = Consumer(consumer_config(bootstrap, f"bench-floor-{uuid.uuid4().hex[:8]}"))
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in partitions])
+    run = uuid.uuid4().hex[:8]
+    arrived: dict[int, float] = {}
+    done = threading.Event()
+    started = threading.Event()
+
+    def consume() -> None:
+        while not done.is_set():
+            msg = consumer.poll(0.05)
+            started.set()
+            if msg is None or msg.error() is not None:
+                continue
+            key = msg.key().decode()
+            if key.startswith(run):
+                arrived.setdefault(int(key.split(":")[1]), time.perf_counter())
+        consumer.close()
+
+    reader = threading.Thread(target=consume, daemon=True)
+    reader.start()
+    started.wait(10)
+    cfg = RelayConfig.from_env(bootstrap=bootstrap, topic=topic).producer_config()
+    producer = Producer({**cfg, "linger.ms": 0})
+    producer.produce(topic, b"{}", "warm-up")
+    producer.flush(30)
+    time.sleep(1)  # the consumer's first fetch positions it at the end
+    due: dict[int, float] = {}
+    start = time.perf_counter()
+    for i in range(n):
+        due[i] = start + i / rate
+        time.sleep(max(0.0, due[i] - time.perf_counter()))
+        producer.produce(topic, b"{}", f"{run}:{i}")
+        producer.flush(30)
+    deadline = time.monotonic() + 30
+    while len(arrived) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    done.set()
+    reader.join(10)
+    if len(arrived) < n:
+        raise RuntimeError(f"produce → consume floor: {n - len(arrived)} of {n} records never consumed")
+    return [(arrived[i] - due[i]) * 1000 for i in range(n)]
+
+
 def write_at_rate(dsn: str, seconds: float, rate: float) -> dict[str, float]:
     """event_id → wall-clock commit time, one event per transaction at `rate`/s."""
     committed = {}
