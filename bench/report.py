@@ -101,7 +101,8 @@ def emit(name: str, title: str, command: str, figures: list[Figure], notes: str 
     for f in figures:
         line = f"  {f.name}: {f.value:,.2f} {f.unit}"
         if f.baseline is not None:
-            line += f"   (baseline {f.baseline_name}: {f.baseline:,.2f}; ratio {f.ratio:.3f})"
+            ratio = "n/a" if f.ratio is None else f"{f.ratio:.3f}"
+            line += f"   (baseline {f.baseline_name}: {f.baseline:,.2f}; ratio {ratio})"
         if f.goal:
             line += f"   goal {f.goal}: {'met' if f.met else 'NOT met'}"
         print(line)
