@@ -31,23 +31,11 @@ GOAL_CORES = 0.02
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc/<pid>/stat (fields 14 and 15)."""
+    """utime + stime of a process, from /proc/<pid>/stat (fields 14 and 15): every thread's,
+    including threads that have ended (librdkafka runs several)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def task_cpu_seconds(pid: int) -> float:
-    """CPU of a process with all its threads (librdkafka runs a few), from /proc/<pid>/task."""
-    total = 0.0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except FileNotFoundError:  # a thread that ended between listdir and open
-            pass
-    return max(total, cpu_seconds(pid))
 
 
 def measure_idle(seconds: float) -> tuple[float, float, float]:
@@ -83,10 +71,10 @@ def measure_idle(seconds: float) -> tuple[float, float, float]:
                 except OSError:  # the database runs as another user or elsewhere: count the relay only
                     backend_cpu = lambda: 0.0  # noqa: E731
                 x0 = commits(conn)
-                r0, b0, t0 = task_cpu_seconds(relay.pid), backend_cpu(), time.monotonic()
+                r0, b0, t0 = cpu_seconds(relay.pid), backend_cpu(), time.monotonic()
                 progress(f"relay idle, measuring CPU for {seconds:.0f}s")
                 time.sleep(seconds)
-                r1, b1, t1 = task_cpu_seconds(relay.pid), backend_cpu(), time.monotonic()
+                r1, b1, t1 = cpu_seconds(relay.pid), backend_cpu(), time.monotonic()
                 x1 = commits(conn)
         finally:
             relay.send_signal(signal.SIGTERM)

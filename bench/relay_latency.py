@@ -27,6 +27,7 @@ from aether_platform import outbox
 from aether_platform.db_url import libpq_url
 from aether_platform.relay import RelayConfig
 from bench._relay_setup import REPO, bench_database, bench_topic
+from bench.relay_idle import cpu_seconds
 from bench.report import Figure, emit, load_rates, progress
 
 RATE = 500
@@ -162,12 +163,25 @@ def main() -> None:
                     if time.monotonic() > deadline or relay.poll() is not None:
                         raise SystemExit("the relay did not start")
                     time.sleep(0.1)
+                backend = conn.execute("SELECT pid FROM pg_stat_activity WHERE starts_with(application_name,"
+                                       " 'aether-relay:')").fetchone()[0]
+
+                def relay_cpu() -> float:
+                    """CPU seconds of the relay process and its database session (/proc): what
+                    its polling costs under this load; 0 for the session if it is not readable."""
+                    try:
+                        session = cpu_seconds(backend)
+                    except OSError:
+                        session = 0.0
+                    return cpu_seconds(relay.pid) + session
                 for label, rate, judged in rates:
                     n = int(SECONDS * rate)
                     progress(f"{label}: Kafka floor, {n:,} records produced and flushed one at a time")
                     floor = kafka_floor(bootstrap, topic, n, rate)
                     progress(f"{label}: streaming relay, writing for {SECONDS:.0f}s")
+                    cpu0, t0 = relay_cpu(), time.monotonic()
                     committed = write_at_rate(dsn, SECONDS, rate)
+                    cores = (relay_cpu() - cpu0) / (time.monotonic() - t0)
                     deadline = time.monotonic() + 60
                     while conn.execute("SELECT count(*) FROM outbox_events WHERE published_at IS NULL").fetchone()[0]:
                         if time.monotonic() > deadline:
@@ -190,6 +204,7 @@ def main() -> None:
                         Figure(f"commit → ack p99, {label}", p99, "ms", "produce+flush floor p99", f99,
                                **(dict(goal="<= 10x floor", at_most=10, on="ratio") if judged else {})),
                         Figure(f"commit → ack max, {label}", max(latencies), "ms"),
+                        Figure(f"relay CPU (process + session), {label}", cores, "cores"),
                     ]
         finally:
             relay.send_signal(signal.SIGTERM)
