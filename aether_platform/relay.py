@@ -220,9 +220,12 @@ class RelaySettings(BaseSettings):
     # lock at commit and serialized every writer's commit (migration 0005).
     # A busy cycle costs about 3 ms of CPU across the relay, its database session and the broker
     # (a produce request, and a fetch for every consumer); an empty one about 0.7 ms (relay and
-    # session, measured with bench/relay_idle.py). Measured at 500 events/s: 0.44 cores at 10 ms,
-    # 0.25 at 20 ms (p50 14.8 ms, p99 25.9 ms at 20 ms): the fast interval trades CPU under a
-    # steady trickle for commit-to-ack latency, so it stays an operator's knob.
+    # session, measured with bench/relay_idle.py). The fast interval trades CPU under a steady
+    # trickle for commit-to-ack latency (about half the interval at p50), so it stays an
+    # operator's knob. Relay process + session CPU at 500 events/s (bench/relay_latency.py, /proc,
+    # on a loaded 2-core box; the broker's and consumers' share comes on top): 0.10 cores at
+    # 20 ms, 0.16 at 10 ms, 0.22 at 5 ms, with p50 13.3, 8.4 and 5.3 ms (loaded, so only the
+    # differences mean much). 10 ms takes most of the latency gain for a modest share of CPU.
     idle_poll_seconds: float = Field(0.01, alias="AETHER_RELAY_IDLE_POLL_SECONDS")
     # The longest wait between claims of an idle relay, and so the extra latency of the first
     # event after a quiet spell. At 0.1 s an idle relay makes ~10 empty claims/s instead of 50 at a
