@@ -86,7 +86,10 @@ def produce_consume_floor(bootstrap: str, topic: str, n: int, rate: float = RATE
 
     from api.stream.hub import consumer_config
 
-    consumer = Consumer(consumer_config(bootstrap, f"bench-floor-{uuid.uuid4().hex[:8]}"))
+    from aether_platform.settings import get_settings
+
+    settings = get_settings().model_copy(update={"kafka_bootstrap_servers": bootstrap})
+    consumer = Consumer(consumer_config(settings, f"bench-floor-{uuid.uuid4().hex[:8]}"))
     partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in partitions])
     run = uuid.uuid4().hex[:8]
