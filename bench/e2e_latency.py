@@ -104,7 +104,13 @@ async def post_at_rate(url: str, tenant: str, seconds: float, rate: float,
         return head, payload
 
     async def one(due: float) -> None:
-        reader, writer = await pool.get()
+        try:
+            # A connection that could not be replaced shrinks the pool; waiting for one is part
+            # of the request's time, bounded like the rest of it.
+            reader, writer = await asyncio.wait_for(pool.get(), REQUEST_TIMEOUT)
+        except (TimeoutError, asyncio.TimeoutError):
+            errors["timeouts"] += 1
+            return
         try:
             head, payload = await asyncio.wait_for(request(reader, writer), REQUEST_TIMEOUT)
         except (TimeoutError, asyncio.TimeoutError):
