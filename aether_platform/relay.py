@@ -20,6 +20,22 @@ Guarantees:
   per-event backoff, and after max_retries the dead-letter state. It blocks only its own key.
   Transient errors (broker down, timeouts) are not the event's fault: the rows get a
   next_attempt_at, the relay backs off exponentially, and retry_count is untouched.
+
+When it claims (streaming mode): an adaptive poll, not a wake-up. A write never signals the
+relay, because every signal PostgreSQL offers a writer (NOTIFY) takes a database-wide lock at
+commit and serialized all writers (migration 0005); a side channel from the API (a socket, a
+pipe) would couple every writer to the relay's liveness and address, and miss writes made by
+anything else. So the relay polls, and the cost of polling is kept where it buys latency:
+- while batches come back full it claims again at once (a backlog drains at full speed);
+- after a partial batch (events flowing, outbox drained) it waits idle_poll_seconds (10 ms),
+  which batches a steady trickle into few Kafka requests for at most that much latency;
+- after an empty claim the wait doubles, up to idle_poll_max_seconds (100 ms), and snaps back
+  to the fast interval on the first claim that finds a row.
+An idle relay thus makes ~10 cheap, lock-free claims a second instead of 50 (measured with
+bench/relay_idle.py, /proc CPU time of the relay and its database session: 3.2 % of a core at a
+fixed 20 ms, 0.7 % adaptive), and pays the long wait only on the first event after a quiet
+spell. Only the timing of claims adapts; which rows are claimed, and in what order, does not,
+so per-key order and the single leader are untouched.
 """
 from __future__ import annotations
 
@@ -197,14 +213,25 @@ class RelaySettings(BaseSettings):
     # but no longer than this, so that a missing successor cannot keep it alive for ever.
     handover_grace_seconds: float = Field(120.0, alias="AETHER_RELAY_HANDOVER_GRACE_SECONDS")
     linger_ms: int = Field(5, alias="AETHER_RELAY_LINGER_MS")
-    # Streaming mode claims again at once while batches come back full; otherwise it claims at
-    # most once per this interval. Not LISTEN/NOTIFY: a NOTIFY takes a database-wide lock at commit and
-    # serialized every writer's commit (migration 0005). An idle poll is one indexed claim.
-    # Each cycle costs about 3 ms of CPU across the relay, its database session and the broker
-    # (a produce request, and a fetch for every consumer). Measured at 500 events/s: 0.44 cores
-    # at 10 ms, 0.25 at 20 ms, for 5 ms more commit-to-ack latency (p50 14.8 ms, p99 25.9 ms).
-    # On a 2-core box running the whole platform those 0.19 cores decided whether the API kept up.
-    idle_poll_seconds: float = Field(0.02, alias="AETHER_RELAY_IDLE_POLL_SECONDS")
+    # Streaming mode claims again at once while batches come back full. After a partial batch
+    # (events flowing, outbox drained) it claims again after idle_poll_seconds; after each EMPTY
+    # claim the wait doubles, up to idle_poll_max_seconds, and the first claim that finds a row
+    # snaps it back (see Relay._pause for why). Not LISTEN/NOTIFY: a NOTIFY takes a database-wide
+    # lock at commit and serialized every writer's commit (migration 0005).
+    # A busy cycle costs about 3 ms of CPU across the relay, its database session and the broker
+    # (a produce request, and a fetch for every consumer); an empty one about 0.7 ms (relay and
+    # session, measured with bench/relay_idle.py). The fast interval trades CPU under a steady
+    # trickle for commit-to-ack latency (about half the interval at p50), so it stays an
+    # operator's knob. Relay process + session CPU at 500 events/s (bench/relay_latency.py, /proc,
+    # on a loaded 2-core box; the broker's and consumers' share comes on top): 0.10 cores at
+    # 20 ms, 0.16 at 10 ms, 0.22 at 5 ms, with p50 13.3, 8.4 and 5.3 ms (loaded, so only the
+    # differences mean much). 10 ms takes most of the latency gain for a modest share of CPU.
+    idle_poll_seconds: float = Field(0.01, alias="AETHER_RELAY_IDLE_POLL_SECONDS")
+    # The longest wait between claims of an idle relay, and so the extra latency of the first
+    # event after a quiet spell. At 0.1 s an idle relay makes ~10 empty claims/s instead of 50 at a
+    # fixed 20 ms: measured 3.2 % of a core before (relay + its database session), see
+    # BENCHMARKS.md's relay_idle section for after.
+    idle_poll_max_seconds: float = Field(0.1, alias="AETHER_RELAY_IDLE_POLL_MAX_SECONDS")
 
 
 class RelayConfig(RelaySettings):
@@ -322,6 +349,7 @@ class Relay:
         self._stopping = False
         self._producer: Producer | None = None
         self._transient_streak = 0
+        self._idle_wait = config.idle_poll_seconds
 
     def stop(self) -> None:
         self._stopping = True
@@ -385,11 +413,7 @@ class Relay:
                         if claimed == 0:
                             break
                         continue
-                    # A partial batch means the outbox is drained. Claiming again at once would
-                    # cost a transaction and a Kafka request per few events under a steady
-                    # trickle (~160 cycles/s at 500 events/s, measured); waiting out the poll
-                    # interval batches them, for at most that much latency.
-                    pause = cfg.idle_poll_seconds - (time.monotonic() - cycle_started)
+                    pause = self._pause(claimed) - (time.monotonic() - cycle_started)
                     if pause > 0:
                         time.sleep(pause)
             finally:
@@ -400,6 +424,28 @@ class Relay:
                     if self.on_progress:
                         self._observe(conn)
         return self.totals
+
+    def _pause(self, claimed: int) -> float:
+        """How long a streaming relay waits before its next claim, the outbox being drained.
+
+        A partial batch means events are flowing: claim again after the fast interval.
+        Claiming at once instead would cost a transaction and a Kafka request per few events
+        under a steady trickle (~160 cycles/s at 500 events/s, measured); waiting out the
+        interval batches them, for at most that much latency.
+
+        An empty claim means nothing is flowing: each one doubles the wait, up to
+        idle_poll_max_seconds, so an idle relay costs a few empty claims a second instead of
+        fifty. The first claim that finds a row snaps the wait back to the fast interval, so a
+        burst pays the long wait at most once (its first event), and a steady stream never
+        does. Nothing here touches the writers: they commit as before, and the relay's empty
+        claim is one indexed read that locks nothing. Per-key order is untouched too: only
+        *when* the one leader claims changes, never which rows or in what order."""
+        cfg = self.config
+        if claimed:
+            self._idle_wait = cfg.idle_poll_seconds
+        else:
+            self._idle_wait = min(cfg.idle_poll_max_seconds, max(self._idle_wait * 2, cfg.idle_poll_seconds, 0.001))
+        return self._idle_wait
 
     def _lead(self, conn: psycopg.Connection) -> bool:
         """Block until this relay holds the leader lock (True) or is stopped (False). Waits in

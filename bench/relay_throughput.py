@@ -84,17 +84,19 @@ def main() -> None:
         progress(f"prefill {EVENTS:,} events again for the relay")
         prefill(dsn, EVENTS)
         cfg = RelayConfig.from_env(dsn=dsn, bootstrap=bootstrap, topic=topic)
-        secs, n = timed(f"relay to Kafka, batch {batch}", lambda: Relay(cfg, mode="batch").run().published)
-        assert n == EVENTS, f"relayed {n} of {EVENTS}"
+        relay = Relay(cfg, mode="batch")
+        secs, n = timed(f"relay to Kafka, batch {batch}", lambda: relay.run().published)
         rate = n / secs
+    errors = {"events not relayed": EVENTS - n, "delivery failures": relay.totals.failures,
+              "dead-lettered": relay.totals.dead_lettered}
 
     emit("relay_throughput", "Outbox relay throughput (pre-filled outbox → Kafka, acks=all, idempotent)",
-         "python -m bench.relay_throughput",
+         "make bench  (or: python -m bench relay_throughput)",
          figures=[
-             Figure("relay events/s", rate, "events/s", goal=">= 30,000 events/s", met=rate >= 30_000),
+             Figure("relay events/s", rate, "events/s", goal=">= 30,000 events/s", at_least=30_000),
              Figure("relay / database ceiling", rate, "events/s", baseline_name="claim-and-mark without Kafka",
-                    baseline=ceiling, goal=">= 0.4 of ceiling", met=rate / ceiling >= 0.4),
-         ],
+                    baseline=ceiling, goal=">= 0.4 of ceiling", at_least=0.4, on="ratio"),
+         ], errors=errors,
          notes=f"{EVENTS:,} events over {EVENTS // EVENTS_PER_AGGREGATE:,} aggregates, batch size {batch}, "
                f"3 partitions, lz4, linger.ms {cfg.linger_ms}. The seed's design published at most 20 events/s.")
 
