@@ -24,7 +24,7 @@ RED = "rgb(198, 40, 40)"
 def page_api(stream_env, tmp_path):
     server = ApiServer(stream_env, tmp_path).start()
     yield server
-    server.stop()
+    server.close()
 
 
 @pytest.fixture
