@@ -97,7 +97,7 @@ def stream_at(client, ends: list[int]) -> bool:
     """The SSE client's cursor has passed every partition's `ends` offset (high watermarks): id
     frames carry it past what a filter drops, so every record before the ends went by it. What
     a test waits for before asserting that something did NOT arrive."""
-    from aether_platform.stream_cursor import decode
+    from api.stream.cursor import decode
 
     offsets = list(decode(client.last_id()).offsets)
     return len(offsets) == len(ends) and all(o >= e for o, e in zip(offsets, ends))
