@@ -69,7 +69,8 @@ def dagster_stack(base_database_url, kafka_bootstrap, topic):
         assert r.returncode == 0, r.stdout + r.stderr
         yield {"crm": crm, "url": stack_exports(env)["DAGSTER_URL"], "state": state}
     finally:
-        subprocess.run([*CLI, "stack", "down"], cwd=REPO, env=env, capture_output=True, timeout=120)
+        down = subprocess.run([*CLI, "stack", "down"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        print(down.stdout, down.stderr)  # what stopped, and how: shown with -s or on failure
         # The relay run was a child of the daemon's code server: `down` ended its process group.
         with psycopg.connect(libpq_url(crm)) as db:
             deadline = time.monotonic() + 30
