@@ -17,7 +17,7 @@ import pytest
 
 from aether_platform.db_url import libpq_url, with_database
 from aether_platform.relay import live_relay_runs
-from tests.conftest import BASE_ENV, CLI, REPO, RUN_ID, alembic, create_database, drop_database, stack_exports
+from tests.conftest import CLI, REPO, RUN_ID, alembic, create_database, drop_database, stack_exports
 from tests.relay.conftest import consume, write_events
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
