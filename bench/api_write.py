@@ -30,6 +30,7 @@ import asyncio
 import math
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -86,14 +87,6 @@ end
 """
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def fresh_database(base_url: str, name: str) -> str:
     admin = libpq_url(with_database(base_url, "postgres"))
     with psycopg.connect(admin, autocommit=True) as conn:
@@ -145,12 +138,15 @@ def settle(url: str) -> None:
         conn.execute("CHECKPOINT")
 
 
-def start_api(url: str, port: int) -> subprocess.Popen:
+def start_api(url: str, sock: socket.socket) -> subprocess.Popen:
+    """The API on `sock`, bound by this process (port 0) and handed over: no other process can
+    take the port between its choice and the API's start."""
     # The per-tenant write limit is off: this measures the API's capacity, not the limiter.
     env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(REPO), "AETHER_DB_POOL_MAX": "30",
            "AETHER_WRITE_RATE_PER_TENANT": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "api", "--port", str(port), "--workers", str(WORKERS),
-                             "--log-level", "warning"], cwd=REPO, env=env, start_new_session=True)
+    port, fd = sock.getsockname()[1], sock.fileno()
+    proc = subprocess.Popen([sys.executable, "-m", "api", "--fd", str(fd), "--workers", str(WORKERS),
+                             "--log-level", "warning"], cwd=REPO, env=env, start_new_session=True, pass_fds=(fd,))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -256,9 +252,11 @@ def main() -> None:
     progress("preparing two fresh bench databases")
     ceiling_db = fresh_database(cfg.database_url, "aether_bench_pgbench")
     api_db = fresh_database(cfg.database_url, "aether_bench_api")
-    port = free_port()
+    sock = socket.create_server(("127.0.0.1", 0), backlog=2048)
+    port = sock.getsockname()[1]
     progress(f"starting the API: uvicorn, {WORKERS} workers, uvloop + httptools (api.http_protocol), on :{port}")
-    api = start_api(api_db, port)
+    api = start_api(api_db, sock)
+    sock.close()  # the API's now
     errors = {f"wrk {k}": 0 for k in WRK_ERRORS}
     steady_rows: list[tuple[str, float, bool, list[float], list[float], dict[str, int]]] = []
     try:

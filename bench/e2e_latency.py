@@ -40,12 +40,6 @@ SECONDS = int(os.environ.get("AETHER_BENCH_SECONDS", 15))
 WARM_UP_SECONDS = float(os.environ.get("AETHER_BENCH_BROKER_WARM_UP_SECONDS", 30))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class SseReader(threading.Thread):
     """Reads the stream on a raw socket and records when each job's event arrives."""
 
@@ -151,12 +145,15 @@ def main() -> None:
                "PYTHONPATH": str(REPO), "AETHER_WRITE_RATE_PER_TENANT": "0"}
         progress(f"warming the broker up: {WARM_UP_SECONDS:.0f}s of small produce requests and fetches")
         progress(f"  {warm_up_broker(bootstrap, topic, WARM_UP_SECONDS):,} produce requests")
-        port = free_port()
+        # Bound here and handed over (--fd): no other process can take the port meanwhile.
+        sock = socket.create_server(("127.0.0.1", 0), backlog=2048)
+        port = sock.getsockname()[1]
         workers = stack.default_api_workers()
         progress(f"starting the API ({workers} workers, as the stack runs it) and a streaming relay")
-        api = subprocess.Popen([sys.executable, "-m", "api", "--port", str(port), "--workers", str(workers),
+        api = subprocess.Popen([sys.executable, "-m", "api", "--fd", str(sock.fileno()), "--workers", str(workers),
                                 "--log-level", "warning"],
-                               cwd=REPO, env=env, start_new_session=True)
+                               cwd=REPO, env=env, start_new_session=True, pass_fds=(sock.fileno(),))
+        sock.close()
         relay = subprocess.Popen([sys.executable, "-m", "aether_platform.relay", "--mode", "streaming"], cwd=REPO,
                                  env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:

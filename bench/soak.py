@@ -29,6 +29,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -42,7 +43,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from aether_platform.db_url import libpq_url
 from bench._relay_setup import REPO, bench_database, bench_topic, warm_up_broker
-from bench.e2e_latency import SseReader, free_port
+from bench.e2e_latency import SseReader
 from bench.relay_latency import pct
 from bench.report import Figure, emit, progress
 from devstack import stack
@@ -209,14 +210,18 @@ def main(argv: list[str] | None = None) -> int:
                "PYTHONPATH": str(REPO), "AETHER_WRITE_RATE_PER_TENANT": "0"}
         progress("warming the broker up for 10s")
         warm_up_broker(bootstrap, topic, 10)
-        port = free_port()
+        # Bound here and handed over (--fd): no other process can take the port meanwhile.
+        sock = socket.create_server(("127.0.0.1", 0), backlog=2048)
+        port = sock.getsockname()[1]
         progress(f"starting the API ({workers} workers) and a streaming relay")
         procs = {
-            "api": subprocess.Popen([sys.executable, "-m", "api", "--port", str(port), "--workers", str(workers),
-                                     "--log-level", "warning"], cwd=REPO, env=env, start_new_session=True),
+            "api": subprocess.Popen([sys.executable, "-m", "api", "--fd", str(sock.fileno()), "--workers", str(workers),
+                                     "--log-level", "warning"], cwd=REPO, env=env, start_new_session=True,
+                                    pass_fds=(sock.fileno(),)),
             "relay": subprocess.Popen([sys.executable, "-m", "aether_platform.relay", "--mode", "streaming"],
                                       cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL)}
+        sock.close()  # the API's now
         retirements: list[dict] = []
         try:
             url = f"http://127.0.0.1:{port}"

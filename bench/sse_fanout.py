@@ -101,12 +101,6 @@ def naive_app(bootstrap: str, topic: str):
 
 # ---- servers ------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def rss_bytes(pid: int) -> int:
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmRSS:"):
@@ -128,17 +122,24 @@ def threads(pid: int) -> int:
 
 class Server:
     def __init__(self, kind: str, env: dict[str, str], log_dir: Path):
-        self.kind, self.port = kind, free_port()
+        # Bound here and handed over (--fd): no other process can take the port meanwhile.
+        sock = socket.create_server(("127.0.0.1", 0), backlog=4096)
+        self.kind, self.port = kind, sock.getsockname()[1]
         self.log = open(log_dir / f"sse-bench-{kind}.log", "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "api", "--port", str(self.port), "--backlog", "4096",
+            [sys.executable, "-m", "api", "--fd", str(sock.fileno()), "--backlog", "4096",
              *(["--app", "bench.sse_fanout:naive_asgi", "--factory"] if kind == "naive" else [])],
-            cwd=REPO, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=REPO, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            pass_fds=(sock.fileno(),))
+        sock.close()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
+                # The socket listens from the start: a connection alone proves nothing, an answer does.
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as probe:
+                    probe.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                    if probe.recv(1):
+                        return
             except OSError:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"{kind} server exited; see {self.log.name}")

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -35,10 +36,36 @@ def _stack_env() -> dict[str, str]:
 BASE_ENV = {k: os.environ.get(k) or v for k, v in _stack_env().items()}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# No test picks a "free" port for another process to bind: between the pick and the bind,
+# anything on the machine may take it. A server either inherits a socket this process bound
+# (ApiServer), binds port 0 itself and says what it got, or is started by the stack, which does
+# one of those or retries on a bind conflict (devstack/stack.py, "a port set to 0").
+
+
+@contextmanager
+def refused_port():
+    """A port where nothing listens while the context lasts: bound here and never listening, so a
+    connection is refused at once, and (no SO_REUSEADDR) no other process can bind it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+def required_binary(name: str) -> str:
+    """The path of a tool that `make test` installs (prometheus, promtool). Missing, the test
+    fails: a skip would let a plain `pytest` go green with that evidence never produced."""
+    path = shutil.which(name)
+    assert path, f"`{name}` is not on PATH: `make test` installs it (Debian: apt-get install -y prometheus)"
+    return path
+
+
+def stack_exports(env: dict[str, str]) -> dict[str, str]:
+    """`aether stack env` of the stack that `env` names, as a dict: the ports it really uses."""
+    r = subprocess.run([*CLI, "stack", "env"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return dict(line.removeprefix("export ").split("=", 1) for line in r.stdout.splitlines()
+                if line.startswith("export "))
 
 
 @pytest.fixture(scope="session")
@@ -167,8 +194,13 @@ class ApiServer:
         raise RuntimeError(f"API did not answer within {timeout}s; log: {self.log_path}")
 
     def stop(self, sig: int = 15) -> None:
+        """Stop the process; the port stays this server's until close()."""
         stop_group(self.proc, sig)
         self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        self.sock.close()
 
 
 def stop_group(proc: subprocess.Popen | None, sig: int = 15, timeout: float = 15) -> None:
@@ -184,6 +216,31 @@ def stop_group(proc: subprocess.Popen | None, sig: int = 15, timeout: float = 15
         proc.wait(timeout=5)
 
 
+def read_to_end(consumer, timeout: float = 60.0) -> list:
+    """Every record the assigned `consumer` has not read yet, up to each partition's high
+    watermark as it stands now. Counting duplicates needs the end: a re-sent record comes after
+    its original, often last in its partition (what a broker restart leaves), so reading until
+    every id has been seen once would miss it."""
+    from confluent_kafka import TopicPartition
+
+    assignment = consumer.assignment()
+    assert assignment, "the consumer has no partitions assigned"
+    marks = {(tp.topic, tp.partition): consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
+                                                                        timeout=10) for tp in assignment}
+    # position() is the next offset to read; negative until the partition's first fetch.
+    position = {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else marks[(tp.topic, tp.partition)][0]
+                for tp in consumer.position(assignment)}
+    records = []
+    deadline = time.monotonic() + timeout
+    while any(position[k] < high for k, (_low, high) in marks.items()):
+        assert time.monotonic() < deadline, f"not at the end after {timeout}s: at {position}, end {marks}"
+        for msg in consumer.consume(1000, timeout=0.2):
+            if msg.error() is None:
+                records.append(msg)
+                position[(msg.topic(), msg.partition())] = msg.offset() + 1
+    return records
+
+
 class ThrowawayKafka:
     """A single-node Kafka of the devstack in a directory and on ports of its own, which a test
     may stop, kill and start again; the suite's shared broker is never touched."""
@@ -191,21 +248,21 @@ class ThrowawayKafka:
     def __init__(self):
         self.state_dir = REPO / ".stack" / "test-stacks" / uuid.uuid4().hex[:8]
         self.state_dir.mkdir(parents=True)
-        self.port = free_port()
+        # Ports 0: the stack picks them, and a restart keeps them (clients keep their bootstrap).
         self.env = {**{k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"},
-                    "AETHER_STACK_DIR": str(self.state_dir), "AETHER_KAFKA_PORT": str(self.port),
-                    "AETHER_KAFKA_CONTROLLER_PORT": str(free_port()),
+                    "AETHER_STACK_DIR": str(self.state_dir), "AETHER_KAFKA_PORT": "0",
+                    "AETHER_KAFKA_CONTROLLER_PORT": "0",
                     # Set, so that `stack up` starts no PostgreSQL of its own.
                     "DATABASE_URL": BASE_ENV["DATABASE_URL"]}
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        self.bootstrap = ""
 
     def up(self) -> None:
         r = subprocess.run([*CLI, "stack", "up", "--services", "kafka"],
                            cwd=REPO, env=self.env, capture_output=True, text=True, timeout=180)
         assert r.returncode == 0, r.stdout + r.stderr
+        bootstrap = stack_exports(self.env)["KAFKA_BOOTSTRAP_SERVERS"]
+        assert self.bootstrap in ("", bootstrap), f"the restarted broker moved from {self.bootstrap} to {bootstrap}"
+        self.bootstrap = bootstrap
 
     def stop(self, sig: int = 15, timeout: float = 60) -> None:
         pid = int((self.state_dir / "pids" / "kafka.pid").read_text())
@@ -232,16 +289,20 @@ def own_postgres():
     state = REPO / ".stack" / "test-stacks" / uuid.uuid4().hex[:8]
     state.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")}
-    env.update({"AETHER_STACK_DIR": str(state), "AETHER_PG_PORT": str(free_port())})
+    env.update({"AETHER_STACK_DIR": str(state), "AETHER_PG_PORT": "0"})  # the stack picks; a restart keeps it
+    urls = []
 
     def stack(action: str) -> None:
         r = subprocess.run([*CLI, "stack", action, "--services", "postgres"]
                            if action == "up" else [*CLI, "stack", action],
                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stdout + r.stderr
+        if action == "up":
+            urls.append(stack_exports(env)["DATABASE_URL"])
+            assert len(set(urls)) == 1, f"the restarted server moved: {urls}"
 
     stack("up")
-    yield f"postgresql://aether@127.0.0.1:{env['AETHER_PG_PORT']}/crm", stack
+    yield urls[0], stack
     stack("down")
     shutil.rmtree(state, ignore_errors=True)
 
@@ -258,7 +319,7 @@ def throwaway_kafka() -> ThrowawayKafka:
 def api_server(platform_env, tmp_path_factory) -> ApiServer:
     server = ApiServer(platform_env, tmp_path_factory.mktemp("api")).start()
     yield server
-    server.stop()
+    server.close()
 
 
 @pytest.fixture

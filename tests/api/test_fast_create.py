@@ -39,7 +39,7 @@ JOB = {"title": "Replace boiler valve", "status": "Open"}
 def routed_server(platform_env, tmp_path_factory):
     server = ApiServer({**platform_env, "AETHER_API_FAST_CREATE": "off"}, tmp_path_factory.mktemp("routed")).start()
     yield server
-    server.stop()
+    server.close()
 
 
 def _normalised(r: httpx.Response) -> tuple:

@@ -6,7 +6,7 @@ import time
 import httpx
 
 from tests.api.conftest import headers, new_key
-from tests.conftest import ApiServer, free_port
+from tests.conftest import ApiServer, refused_port
 
 
 def _metric(text: str, name: str, **labels) -> float:
@@ -58,13 +58,14 @@ def test_health_is_ok_with_db_and_kafka(client):
 
 
 def test_health_is_degraded_503_without_kafka(platform_env, tmp_path):
-    server = ApiServer({**platform_env, "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}, tmp_path).start()
-    try:
-        r = httpx.get(server.url + "/", timeout=10)
-        assert r.status_code == 503
-        assert r.json()["status"] == "degraded" and r.json()["kafka"] == "unreachable"
-    finally:
-        server.stop()
+    with refused_port() as nowhere:
+        server = ApiServer({**platform_env, "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{nowhere}"}, tmp_path).start()
+        try:
+            r = httpx.get(server.url + "/", timeout=10)
+            assert r.status_code == 503
+            assert r.json()["status"] == "degraded" and r.json()["kafka"] == "unreachable"
+        finally:
+            server.close()
 
 
 def test_database_down_is_503_with_retry_after_and_recovers(own_postgres, platform_env, tmp_path, tenant):
@@ -101,4 +102,4 @@ def test_database_down_is_503_with_retry_after_and_recovers(own_postgres, platfo
             assert sorted(titles) == ["before", "during"]
             assert c.get("/readyz").status_code == 200
     finally:
-        server.stop()
+        server.close()

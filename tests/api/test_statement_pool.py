@@ -14,7 +14,7 @@ from aether_platform.db_url import libpq_url
 from aether_platform.idempotency import IdempotentRequest, Verdict
 from api.db import APPLICATION_NAME, DatabaseUnreachable, StatementPool, asyncpg_dsn, dollar_params
 from tests.api.conftest import new_key, outbox_rows
-from tests.conftest import free_port
+from tests.conftest import refused_port
 
 PATH = "/api/crm/jobs"
 
@@ -97,8 +97,9 @@ def test_a_refused_foreign_key_writes_nothing_and_is_left_to_the_transaction(dat
 
 
 def test_a_database_that_refuses_connections_is_unreachable_not_an_error(tenant):
-    (result,) = asyncio.run(_writes(f"postgresql://aether@127.0.0.1:{free_port()}/crm",
-                                    [(tenant, new_key(), {"title": "a"})]))
+    with refused_port() as nowhere:
+        (result,) = asyncio.run(_writes(f"postgresql://aether@127.0.0.1:{nowhere}/crm",
+                                        [(tenant, new_key(), {"title": "a"})]))
     assert isinstance(result, DatabaseUnreachable)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, required_binary
 
 DEPLOY = REPO / "deploy"
 COMPOSE = DEPLOY / "compose.yaml"
@@ -134,9 +134,7 @@ def test_prometheus_config_is_valid_and_scrapes_the_api(config, tmp_path):
     assert job["static_configs"][0]["targets"] == ["api:8080"]
     assert job["authorization"]["credentials_file"] == "/run/secrets/prometheus_scrape_token"
 
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (the stack's bootstrap installs it)")
+    promtool = required_binary("promtool")
     # The same file with the container paths pointed at the repo's rules and a dummy token.
     (tmp_path / "token").write_text("x")
     text = (DEPLOY / "prometheus.yml").read_text()

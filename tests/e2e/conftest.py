@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from aether_platform.topics import TopicSpec, ensure_topic
-from tests.conftest import REPO, RUN_ID, ApiServer, drop_database, migrated_database, stop_group
+from tests.conftest import REPO, RUN_ID, ApiServer, drop_database, migrated_database, read_to_end, stop_group
 
 
 class RelayProcess:
@@ -45,6 +45,7 @@ class TopicReader:
     def __init__(self, bootstrap: str, topic: str):
         self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"e2e-{uuid.uuid4().hex[:6]}",
                                   "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        self.topic = topic
         self.consumer.assign([TopicPartition(topic, p, 0) for p in range(3)])
         self.records: list = []
 
@@ -57,6 +58,16 @@ class TopicReader:
             if predicate(self.records):
                 return self.records
         raise AssertionError(f"timed out after {timeout}s; {len(self.records)} records read")
+
+    def read_to_end(self, timeout: float = 60.0) -> list:
+        """Read on to every partition's current end (tests.conftest.read_to_end): what duplicate
+        counts need. Returns every record read so far."""
+        self.records.extend(read_to_end(self.consumer, timeout))
+        return self.records
+
+    def ends(self) -> list[int]:
+        """Each partition's high watermark, in partition order."""
+        return [self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[1] for p in range(3)]
 
     def event_ids(self) -> Counter:
         return Counter(dict(m.headers())["event_id"].decode() for m in self.records)
@@ -82,7 +93,7 @@ def e2e_env(base_database_url, kafka_bootstrap):
 def e2e_api(e2e_env, tmp_path_factory):
     server = ApiServer(e2e_env, tmp_path_factory.mktemp("e2e-api"), workers=2).start()
     yield server
-    server.stop()
+    server.close()
 
 
 @pytest.fixture(scope="module")

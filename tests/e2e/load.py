@@ -6,6 +6,7 @@ import asyncio
 import re
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -19,9 +20,16 @@ class LoadResult:
     statuses: dict[int, int] = field(default_factory=dict)
     errors: int = 0  # connection-level failures (no HTTP answer)
     refused_at: list[float] = field(default_factory=list)  # monotonic times of non-202 answers
+    # (sent, answered, status or 0 for no answer), monotonic times, one per attempt
+    attempts: list[tuple[float, float, int]] = field(default_factory=list)
 
     def count(self, status: int) -> int:
         return self.statuses.get(status, 0)
+
+    def during(self, start: float, end: float) -> Counter:
+        """Statuses of the attempts both sent and answered in [start, end): what a fault window
+        really got, neither what came before it nor what it held until after."""
+        return Counter(status for sent, answered, status in self.attempts if start <= sent and answered < end)
 
 
 async def _post(base: str, tenant: str, body: bytes, key: str, timeout: float) -> tuple[int, bytes]:
@@ -47,12 +55,14 @@ async def _run(base: str, tenants: list[str], rate: float, seconds: float, resul
         key = f"load-{uuid.uuid4()}"
         body = orjson.dumps({"title": f"load {i}", "status": "Open"})
         while True:
+            sent_at = time.monotonic()
             try:
                 status, payload = await _post(base, tenant, body, key, 10)
             except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
                 result.errors += 1
                 status, payload = 0, b""
             result.statuses[status] = result.statuses.get(status, 0) + 1
+            result.attempts.append((sent_at, time.monotonic(), status))
             if status != 202:
                 result.refused_at.append(time.monotonic())
             if status == 202:

@@ -10,6 +10,7 @@ import httpx
 from playwright.sync_api import expect, sync_playwright
 
 from tests.e2e.conftest import report
+from tests.stream.conftest import stream_at
 from tests.stream.sse_client import SseClient
 
 CHROMIUM = "/usr/bin/chromium"
@@ -76,13 +77,23 @@ def test_job_flows_from_api_to_browser_exactly_once(e2e_api, e2e_relay, e2e_env,
         again = httpx.post(f"{e2e_api.url}/api/crm/jobs", json=body, headers=headers, timeout=30)
         assert again.status_code == 202 and again.headers["idempotent-replayed"] == "true"
         assert again.content == first.content
-        time.sleep(2)  # long enough for a second event to have travelled the whole path
-        with psycopg.connect(libpq_url(e2e_env["DATABASE_URL"])) as db:
+        # A second event would be in the outbox now (the 202 commits it). Once the relay has
+        # published what is there, Kafka is read to its end and the stream's cursor follows it
+        # there, so a copy anywhere on the path is counted.
+        with psycopg.connect(libpq_url(e2e_env["DATABASE_URL"]), autocommit=True) as db:
             outbox_count = db.execute("SELECT count(*) FROM outbox_events WHERE aggregate_key = %s",
                                       (job_id,)).fetchone()[0]
-        topic_reader.poll_until(lambda rs: True, 1)
+            deadline = time.monotonic() + 30
+            while db.execute("SELECT count(*) FROM outbox_events WHERE aggregate_key = %s AND published_at IS NULL",
+                             (job_id,)).fetchone()[0]:
+                assert time.monotonic() < deadline, "the relay never published the job's events"
+                time.sleep(0.05)
+        topic_reader.read_to_end()
+        ends = topic_reader.ends()
+        sse.wait(lambda c: stream_at(c, ends), timeout=15, what="the stream to reach the end of the topic")
         on_topic = sum(1 for m in topic_reader.records if m.key() == job_id.encode())
         on_sse = sum(1 for e in sse.events() if e["key"] == job_id)
+        time.sleep(1)  # the page has no cursor to wait on; a copy would be on it by now
         on_page = page.locator("li.ev", has_text=title).count()
         browser.close()
     report("seed", requests=2, accepted=2, outbox=outbox_count, kafka=on_topic, sse=on_sse, page=on_page)

@@ -2,9 +2,11 @@
 that the developer's (and this suite's) stack is never touched."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -14,22 +16,18 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import BASE_ENV, CLI, REPO, free_port
+from tests.conftest import BASE_ENV, CLI, REPO, refused_port, stack_exports
 
 pytestmark = pytest.mark.slow
 
 
 def _isolated_env(state_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "AETHER_TOPIC")}
-    env.update({
-        "AETHER_STACK_DIR": str(state_dir),
-        "AETHER_PG_PORT": str(free_port()),
-        "AETHER_KAFKA_PORT": str(free_port()),
-        "AETHER_KAFKA_CONTROLLER_PORT": str(free_port()),
-        "AETHER_PROMETHEUS_PORT": str(free_port()),
-        "AETHER_API_PORT": str(free_port()),
-        "AETHER_DAGSTER_PORT": str(free_port()),
-    })
+    # Every port 0: the stack picks its own, race-free (devstack/stack.py), and `stack env` says which.
+    env["AETHER_STACK_DIR"] = str(state_dir)
+    for var in ("AETHER_PG_PORT", "AETHER_KAFKA_PORT", "AETHER_KAFKA_CONTROLLER_PORT", "AETHER_PROMETHEUS_PORT",
+                "AETHER_API_PORT", "AETHER_DAGSTER_PORT"):
+        env[var] = "0"
     return env
 
 
@@ -39,14 +37,17 @@ def aether(env: dict[str, str], *args: str, timeout: float = 240) -> subprocess.
 
 
 def _processes_mentioning(*markers: str) -> list[str]:
+    """Live processes whose command line or environment names a marker (the stack passes its
+    AETHER_STACK_DIR to every piece it starts), the test's own excepted."""
     out = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (cmdline.parent / "environ").read_bytes().decode(errors="replace")
             state = (cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if any(m in text for m in markers) and state != "Z" and "pytest" not in text:
+        if any(m in text or m in environ for m in markers) and state != "Z" and "pytest" not in text:
             out.append(text)
     return out
 
@@ -66,10 +67,12 @@ def test_up_twice_then_down_leaves_nothing(state_dir):
     assert first.returncode == 0, first.stdout + first.stderr
     assert "postgres: ready" in first.stdout and "kafka: ready" in first.stdout and "prometheus: ready" in first.stdout
 
-    exports = dict(line.removeprefix("export ").split("=", 1)
-                   for line in aether(env, "stack", "env").stdout.splitlines())
-    assert exports["DATABASE_URL"].endswith(f":{env['AETHER_PG_PORT']}/crm")
-    assert exports["KAFKA_BOOTSTRAP_SERVERS"] == f"127.0.0.1:{env['AETHER_KAFKA_PORT']}"
+    exports = stack_exports(env)
+    ports = json.loads((state_dir / "ports.json").read_text())
+    assert len({ports[a] for a in ("pg_port", "kafka_port", "kafka_controller_port", "prometheus_port")}) == 4, ports
+    assert exports["DATABASE_URL"].endswith(f":{ports['pg_port']}/crm")
+    assert exports["KAFKA_BOOTSTRAP_SERVERS"] == f"127.0.0.1:{ports['kafka_port']}"
+    assert exports["PROMETHEUS_URL"] == f"http://127.0.0.1:{ports['prometheus_port']}"
     assert set(exports) >= {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "PROMETHEUS_URL", "API_URL", "DAGSTER_URL"}
     with psycopg.connect(exports["DATABASE_URL"]) as conn:
         assert conn.execute("SELECT count(*) FROM outbox_events").fetchone() == (0,)
@@ -80,6 +83,7 @@ def test_up_twice_then_down_leaves_nothing(state_dir):
     assert "postgres: already running" in second.stdout
     assert "kafka: already running" in second.stdout
     assert "prometheus: already running" in second.stdout
+    assert stack_exports(env) == exports  # what is running keeps its ports
 
     status = aether(env, "stack", "status").stdout
     assert "kafka" in status and "running" in status
@@ -107,10 +111,11 @@ def test_external_servers_are_used_and_none_started(state_dir):
 
 def test_timeout_names_the_piece_and_its_log(state_dir):
     env = _isolated_env(state_dir)
-    env["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{free_port()}"  # nothing listens there
     env["DATABASE_URL"] = BASE_ENV["DATABASE_URL"]
     env["AETHER_EXTERNAL_WAIT_SECONDS"] = "3"
-    r = aether(env, "stack", "up", "--services", "kafka", timeout=120)
+    with refused_port() as nowhere:
+        env["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{nowhere}"
+        r = aether(env, "stack", "up", "--services", "kafka", timeout=120)
     assert r.returncode == 1
     assert "kafka did not become ready" in r.stderr
 
@@ -127,8 +132,9 @@ def test_foreground_ctrl_c_stops_everything(state_dir):
         if "press Ctrl-C" in line or time.monotonic() > deadline:
             break
     assert any("press Ctrl-C" in line for line in lines), "".join(lines)
-    assert httpx.get(f"http://127.0.0.1:{env['AETHER_API_PORT']}/").json()["service"] == "aether-api"
-    markers = (str(state_dir), f"--port {env['AETHER_API_PORT']}")
+    api_url = stack_exports(env)["API_URL"]
+    assert httpx.get(f"{api_url}/").json()["service"] == "aether-api"
+    markers = (str(state_dir),)
     assert len(_processes_mentioning(*markers)) >= 4  # postgres, kafka, prometheus, uvicorn (+ workers)
     proc.send_signal(signal.SIGINT)
     rest = proc.communicate(timeout=120)[0]
@@ -147,3 +153,33 @@ def test_kafka_cluster_id_never_reads_as_an_option(monkeypatch):
     cid = stack.kafka_cluster_id()
     assert not cid.startswith("-")
     assert len(cid) == 22 and cid == "EBAQEBAQEBAQEBAQEBAQEA"
+
+
+def test_a_port_taken_while_starting_is_retried_on_another(state_dir, monkeypatch, capsys):
+    """With AETHER_PG_PORT=0 the stack picks a port and starts PostgreSQL on it. When another
+    process binds that port first (here: this test, on purpose), the start fails on the bind
+    conflict and is retried on a new port, which `stack env` then reports."""
+    from devstack import stack
+
+    for var in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AETHER_STACK_DIR", str(state_dir))
+    monkeypatch.setenv("AETHER_PG_PORT", "0")
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        picks = iter([taken])
+        real_pick = stack._bound_port
+        monkeypatch.setattr(stack, "_bound_port", lambda: next(picks, None) or real_pick())
+        cfg = stack.Config()
+        try:
+            stack.pick_ports(cfg, ("postgres",))
+            assert cfg.pg_port == taken
+            stack._start_on_ports(cfg, "postgres", stack.start_postgres)
+        finally:
+            stack.stop_postgres(cfg)
+    out = capsys.readouterr().out
+    assert "postgres: its port was taken meanwhile" in out, out
+    assert cfg.pg_port not in (0, taken)
+    assert stack_exports({**os.environ})["DATABASE_URL"].endswith(f":{cfg.pg_port}/crm")

@@ -9,14 +9,14 @@ import shutil
 import subprocess
 import uuid
 
-from tests.conftest import CLI, REPO, free_port
+from tests.conftest import CLI, REPO
 
 
 def test_stack_up_and_down_log_json_lines():
     state = REPO / ".stack" / "test-stacks" / uuid.uuid4().hex[:8]
     state.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")}
-    env.update({"AETHER_STACK_DIR": str(state), "AETHER_PG_PORT": str(free_port())})  # as own_postgres does
+    env.update({"AETHER_STACK_DIR": str(state), "AETHER_PG_PORT": "0"})  # the stack picks, as own_postgres does
 
     def aether(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([*CLI, "--log-format", "json", "stack", *args], cwd=REPO, env=env,

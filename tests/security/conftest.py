@@ -77,5 +77,5 @@ def secure_api(platform_env, tokens, jwks_url, tmp_path_factory):
            "AETHER_LOG_FORMAT": "json", "AETHER_LOG_LEVEL": "INFO"}
     server = ApiServer(env, d).start()
     yield server
-    server.stop()
+    server.close()
 from tests.api.conftest import client  # noqa: F401 - the API's httpx client fixture, shared

@@ -99,7 +99,7 @@ def test_write_rate_limit_is_per_tenant_with_retry_after(platform_env, tmp_path)
             assert c.post("/api/crm/jobs", json={"title": "x"}, headers=headers(quiet, new_key())).status_code == 202
             assert c.get("/api/crm/jobs", headers=headers(noisy)).status_code == 200
     finally:
-        server.stop()
+        server.close()
 
 
 @pytest.mark.parametrize("escaped", [r"nul\u0000byte", r"\ud800 lone surrogate", r"bell\u0007"])

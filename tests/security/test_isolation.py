@@ -9,7 +9,7 @@ import pytest
 
 from tests.api.conftest import new_key
 from tests.security.test_auth import auth
-from tests.stream.conftest import EventProducer, mine
+from tests.stream.conftest import EventProducer, mine, stream_at
 from tests.stream.sse_client import SseClient
 
 RESOURCES = {"accounts": {"name": "B Ltd"}, "jobs": {"title": "B's job", "status": "Open"},
@@ -61,16 +61,23 @@ def test_stream_shows_only_the_tokens_tenant_whatever_the_query(secure_api, toke
     producer = EventProducer(kafka_bootstrap, topic)
     since_ms = int(time.time() * 1000) - 60_000
     url = f"{secure_api.url}/crm-events?tenant={tokens.tenant_b}&since={since_ms}"
-    with SseClient(url, headers={"Authorization": f"Bearer {tokens.a}"}) as client:
+    own_b = f"{secure_api.url}/crm-events?tenant={tokens.tenant_b}&since={since_ms}"
+    with SseClient(url, headers={"Authorization": f"Bearer {tokens.a}"}) as client, \
+            SseClient(own_b, headers={"Authorization": f"Bearer {tokens.b}"}) as b_client:
         client.wait(lambda c: c.status is not None, what="response")
         assert client.status == 200
         sent_a = [producer.job(tokens.tenant_a, title=f"a{i}") for i in range(5)]
         sent_b = [producer.job(tokens.tenant_b, title=f"b{i}") for i in range(5)]
         producer.flush()
+        # B's events were on the stream (B's own client got them), and A's client has gone past
+        # the end of the topic (its cursor), so it had every chance to receive them.
+        b_client.wait(lambda c: len(mine(c, tokens.tenant_b)) >= len(sent_b), what="tenant B events on B's stream")
         client.wait(lambda c: len(mine(c, tokens.tenant_a)) >= len(sent_a), what="tenant A events")
+        ends = [high for _low, high in producer.watermarks()]
+        client.wait(lambda c: stream_at(c, ends), what="A's stream to pass the end of the topic")
         tenants = {(e["value"] or {}).get("TenantId") for e in client.events()}
         assert tenants == {tokens.tenant_a}
-        assert mine(client, tokens.tenant_b) == [] and sent_b
+        assert mine(client, tokens.tenant_b) == []
 
 
 def test_stream_without_token_is_401(secure_api):

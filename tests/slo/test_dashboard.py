@@ -3,7 +3,6 @@ parser (promtool, which shares it with the server; the end-to-end test runs them
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 
 import pytest
@@ -11,6 +10,7 @@ import yaml
 
 from aether_platform import slo_spec as spec
 from dashboards_py import build, dashboard, provisioning
+from tests.conftest import required_binary
 
 
 @pytest.fixture(scope="module")
@@ -77,14 +77,13 @@ def test_panel_ids_are_unique_and_grid_has_no_overlap(board):
         cells |= mine
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool missing")
 def test_every_panel_expr_parses(board, tmp_path):
     exprs = dashboard.panel_exprs(board)
     rules = {"groups": [{"name": "panels", "rules": [
         {"record": f"panel_target_{i}", "expr": expr} for i, (_, expr) in enumerate(exprs)]}]}
     f = tmp_path / "panels.yml"
     f.write_text(yaml.safe_dump(rules))
-    r = subprocess.run(["promtool", "check", "rules", str(f)], capture_output=True, text=True)
+    r = subprocess.run([required_binary("promtool"), "check", "rules", str(f)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 
 

@@ -2,18 +2,14 @@
 own unit tests (the burn-rate scenarios of dashboards_py/promtool_tests.py) pass."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 
-import pytest
 import yaml
 
 from dashboards_py import build
-from tests.conftest import CLI, REPO
+from tests.conftest import CLI, REPO, required_binary
 
-PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool missing: apt-get install prometheus")
 
 
 def test_generation_is_deterministic():
@@ -41,20 +37,18 @@ def test_check_command_exit_codes():
     assert via_cli.returncode == 0, via_cli.stderr
 
 
-@needs_promtool
 def test_promtool_check_rules():
-    r = subprocess.run([PROMTOOL, "check", "rules", str(build.GENERATED / build.RULES)], capture_output=True, text=True)
+    r = subprocess.run([required_binary("promtool"), "check", "rules", str(build.GENERATED / build.RULES)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-@needs_promtool
 def test_promtool_unit_tests_pass():
     """Fast burn on a 5 % spike and its reset, slow burn on 1 %, silence at 0.05 %, the heartbeat
     page, the absent alert and the latency SLI's bucket: see the test names in the file."""
     tests = build.GENERATED / build.PROMTOOL_TESTS
     names = [t["name"] for t in yaml.safe_load(tests.read_text())["tests"]]
     assert any("5% error spike" in n for n in names) and any("0.05% errors" in n for n in names)
-    r = subprocess.run([PROMTOOL, "test", "rules", str(tests)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([required_binary("promtool"), "test", "rules", str(tests)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
 
 

@@ -56,9 +56,10 @@ def test_exports_relay_status_and_backlog(slo_conn, slo_db):
 
 
 def test_database_down_still_answers_with_up_zero():
-    from tests.conftest import free_port
+    from tests.conftest import refused_port
 
-    m = _scrape(f"postgresql://aether@127.0.0.1:{free_port()}/crm")
+    with refused_port() as nowhere:
+        m = _scrape(f"postgresql://aether@127.0.0.1:{nowhere}/crm")
     assert m == {(spec.OUTBOX_METRICS_UP, ()): 0}
 
 

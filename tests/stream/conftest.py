@@ -39,7 +39,7 @@ def stream_env(platform_env, stream_topic) -> dict[str, str]:
 def stream_api(stream_env, tmp_path_factory) -> ApiServer:
     server = ApiServer(stream_env, tmp_path_factory.mktemp("stream-api")).start()
     yield server
-    server.stop()
+    server.close()
 
 
 class EventProducer:
@@ -91,6 +91,16 @@ def events(kafka_bootstrap, stream_topic) -> EventProducer:
 
 def mine(client, tenant: str) -> list[dict]:
     return [e for e in client.events() if (e["value"] or {}).get("TenantId") == tenant]
+
+
+def stream_at(client, ends: list[int]) -> bool:
+    """The SSE client's cursor has passed every partition's `ends` offset (high watermarks): id
+    frames carry it past what a filter drops, so every record before the ends went by it. What
+    a test waits for before asserting that something did NOT arrive."""
+    from api.stream.cursor import decode
+
+    offsets = list(decode(client.last_id()).offsets)
+    return len(offsets) == len(ends) and all(o >= e for o, e in zip(offsets, ends))
 
 
 def wait_until(predicate, timeout: float = 20.0, what: str = "condition"):
