@@ -34,9 +34,13 @@ def _onset_minutes(tier: spec.BurnTier, error_ratio: float, budget: float) -> in
 
 
 def _alert(tier: spec.BurnTier, slo: spec.SLO) -> dict:
-    return {"exp_labels": {"severity": tier.severity, "slo": slo.slug,
+    return {"exp_labels": {"severity": tier.severity, **slo.labels,
                            "long_window": tier.long_window, "short_window": tier.short_window},
             "exp_annotations": burn_annotations(tier, slo.slug)}
+
+
+def _labels(slo: spec.SLO) -> str:
+    return "{" + ",".join(f'{k}="{v}"' for k, v in slo.labels.items()) + "}"
 
 
 def _expect(alertname: str, at_min: int, alerts: list[dict]) -> dict:
@@ -81,7 +85,7 @@ def fast_burn_spike() -> dict:
         "promql_expr_test": [{
             "expr": f'{spec.burn_rate_record(fast.long_window)}{{slo="{slo.slug}"}} > bool {fast.factor}',
             "eval_time": f"{cleared}m",
-            "exp_samples": [{"labels": f'{{slo="{slo.slug}"}}', "value": 1}],
+            "exp_samples": [{"labels": _labels(slo), "value": 1}],
         }],
     }
 
@@ -118,7 +122,7 @@ def within_budget_quiet() -> dict:
             # promtool compares floats exactly; rounding keeps the test about the maths.
             "expr": f'round({spec.BUDGET_REMAINING_RECORD}{{slo="{slo.slug}"}}, 0.001)',
             "eval_time": f"{end}m",
-            "exp_samples": [{"labels": f'{{slo="{slo.slug}"}}', "value": 0.5}],
+            "exp_samples": [{"labels": _labels(slo), "value": 0.5}],
         }],
     }
 
@@ -140,7 +144,7 @@ def heartbeat_stops() -> dict:
         "promql_expr_test": [{
             "expr": spec.HEARTBEAT_AGE_RECORD,
             "eval_time": f"{stop + 10}m",
-            "exp_samples": [{"labels": f'{spec.HEARTBEAT_AGE_RECORD}{{slo="{slo.slug}"}}', "value": 600}],
+            "exp_samples": [{"labels": spec.HEARTBEAT_AGE_RECORD + _labels(slo), "value": 600}],
         }],
     }
 
@@ -164,7 +168,7 @@ def metric_disappears() -> dict:
         "alert_rule_test": [
             _expect("AetherSLOMetricAbsent", gone_at, []),
             _expect("AetherSLOMetricAbsent", fires_at, [{
-                "exp_labels": {"severity": "page", "slo": heartbeat.slug, "metric": spec.RELAY_HEARTBEAT},
+                "exp_labels": {"severity": "page", **heartbeat.labels, "metric": spec.RELAY_HEARTBEAT},
                 "exp_annotations": absent_annotations(heartbeat, spec.RELAY_HEARTBEAT)}]),
         ],
     }
@@ -183,9 +187,9 @@ def write_latency_ratio() -> dict:
         "input_series": series,
         "promql_expr_test": [
             {"expr": f'round({spec.burn_rate_record("5m")}{{slo="{slo.slug}"}}, 0.001)', "eval_time": "20m",
-             "exp_samples": [{"labels": f'{{slo="{slo.slug}"}}', "value": 1}]},
+             "exp_samples": [{"labels": _labels(slo), "value": 1}]},
             {"expr": f"round({slo.headline.record}, 0.001)", "eval_time": "20m",
-             "exp_samples": [{"labels": f'{{slo="{slo.slug}"}}', "value": spec.WRITE_LATENCY_TARGET_SECONDS}]},
+             "exp_samples": [{"labels": _labels(slo), "value": spec.WRITE_LATENCY_TARGET_SECONDS}]},
         ],
     }
 
