@@ -10,6 +10,7 @@ from dashboards_py import dashboard, promtool_tests, provisioning, rules
 GENERATED = Path(__file__).resolve().parent / "generated"
 RULES = f"prometheus/{rules.RULES_FILE}"          # the stack's Prometheus loads generated/prometheus/*.yml
 PROMTOOL_TESTS = f"promtool/{promtool_tests.TESTS_FILE}"
+PERIOD_TESTS = f"promtool/{promtool_tests.PERIOD_TESTS_FILE}"
 DASHBOARD = f"grafana/{dashboard.DASHBOARD_FILE}"
 PROVISIONING = "grafana/provisioning"
 
@@ -26,6 +27,7 @@ def outputs() -> dict[str, str]:
     return {
         RULES: _yaml(rules.rule_groups()),
         PROMTOOL_TESTS: _yaml(promtool_tests.test_file(f"../{RULES}")),
+        PERIOD_TESTS: _yaml(promtool_tests.period_test_file(f"../{RULES}")),
         DASHBOARD: dashboard.to_json(dashboard.build()),
         f"{PROVISIONING}/{provisioning.DATASOURCE_FILE}": _yaml(provisioning.datasource()),
         f"{PROVISIONING}/{provisioning.PROVIDER_FILE}": _yaml(provisioning.dashboard_provider()),

@@ -49,10 +49,14 @@ def _history_rules(slo: SLO) -> list[dict]:
 
 def _slow_rules(slo: SLO, long: list[str]) -> list[dict]:
     w = spec.SHORT_WINDOW
+    bad, total = slo.sli.bad.format(w=w), slo.sli.total.format(w=w)
+    if not isinstance(slo.sli, TimeSLI):   # rates per second -> events in the window
+        secs = int(spec.hours(w) * 3600)
+        bad, total = f"({bad}) * {secs}", f"({total}) * {secs}"
     rules = [
         # `or vector(0)`: no bad event yet is zero bad events; no total leaves both absent.
-        _record(spec.BAD_RECORD, f"{slo.sli.bad.format(w=w)} or vector(0)", slo),
-        _record(spec.TOTAL_RECORD, slo.sli.total.format(w=w), slo),
+        _record(spec.BAD_RECORD, f"{bad} or vector(0)", slo),
+        _record(spec.TOTAL_RECORD, total, slo),
     ]
     for win in long + [spec.PERIOD]:
         rules.append(_record(spec.error_ratio_record(win), spec.summed_error_ratio(slo.slug, win), slo))
