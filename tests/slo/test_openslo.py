@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import subprocess
-import sys
 
 import pytest
 import yaml
@@ -13,7 +12,7 @@ import yaml
 from aether_platform import openslo
 from aether_platform import slo_spec as spec
 from dashboards_py import build
-from tests.conftest import REPO
+from tests.conftest import CLI, REPO
 
 
 def _docs() -> list[dict]:
@@ -61,7 +60,7 @@ def test_round_trip_gives_the_same_spec():
 
 def test_round_trip_through_the_cli_gives_the_same_rules_byte_for_byte(tmp_path):
     exported, rules = tmp_path / "slos.yaml", tmp_path / "rules.yml"
-    cli = [sys.executable, "-m", "aether_platform.cli", "slo"]
+    cli = [*CLI, "slo"]
     r = subprocess.run([*cli, "export", "--out", str(exported)], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     r = subprocess.run([*cli, "import", str(exported), "--rules-out", str(rules)], cwd=REPO,
@@ -163,7 +162,7 @@ def test_cli_import_error_is_one_line_and_nonzero(tmp_path):
     _mutate_slo(_find(docs, "SLO", "relay-publish"))
     f = tmp_path / "timeslices.yaml"
     f.write_text(yaml.safe_dump_all(docs))
-    r = subprocess.run([sys.executable, "-m", "aether_platform.cli", "slo", "import", str(f)], cwd=REPO,
+    r = subprocess.run([*CLI, "slo", "import", str(f)], cwd=REPO,
                        capture_output=True, text=True)
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.strip().count("\n") == 0 and "spec.budgetingMethod" in r.stderr
