@@ -65,6 +65,12 @@ class Prometheus:
         self.url = url.rstrip("/")
         self._client = client or httpx.Client(timeout=TIMEOUT_S)
 
+    def __enter__(self) -> "Prometheus":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._client.close()
+
     def query(self, expr: str, at: dt.datetime) -> list[dict]:
         try:
             r = self._client.get(f"{self.url}/api/v1/query", params={"query": expr, "time": at.timestamp()})

@@ -24,7 +24,11 @@ def run(args: argparse.Namespace) -> int:
     if args.slo_action == "export":
         text = openslo.to_yaml(openslo.export_documents())
         if args.out:
-            args.out.write_text(text)
+            try:
+                args.out.write_text(text)
+            except OSError as exc:
+                print(f"aether slo export: {args.out}: {exc.strerror}", file=sys.stderr)
+                return 1
             print(f"wrote {args.out}")
         else:
             sys.stdout.write(text)
@@ -39,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"burn tiers: {', '.join(f'{t.alert} {t.factor:g}x {t.long_window}/{t.short_window}' for t in imported.tiers)}")
     if args.rules_out:
         from dashboards_py import build, rules
-        args.rules_out.write_text(build.yaml_text(rules.rule_groups(imported.slos, imported.tiers)))
+        try:
+            args.rules_out.write_text(build.yaml_text(rules.rule_groups(imported.slos, imported.tiers)))
+        except OSError as exc:
+            print(f"aether slo import: {args.rules_out}: {exc.strerror}", file=sys.stderr)
+            return 1
         print(f"wrote {args.rules_out}")
     return 0

@@ -61,7 +61,8 @@ def _report_asset(slo: spec.SLO) -> dg.AssetsDefinition:
     )
     def _asset(context: dg.AssetExecutionContext, prometheus: PrometheusApi) -> dg.MaterializeResult:
         day = dt.date.fromisoformat(context.partition_key)
-        r = slo_report.report(prometheus.client(), slo, day)
+        with prometheus.client() as prom:
+            r = slo_report.report(prom, slo, day)
         remaining = r.budget_remaining
         action = spec.policy_action(remaining) if remaining is not None else "No data: nothing to act on."
         metadata = {

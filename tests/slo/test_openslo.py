@@ -166,3 +166,11 @@ def test_cli_import_error_is_one_line_and_nonzero(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.strip().count("\n") == 0 and "spec.budgetingMethod" in r.stderr
+
+
+def test_cli_missing_file_and_unwritable_output_are_one_line_errors(tmp_path):
+    r = subprocess.run([*CLI, "slo", "import", str(tmp_path / "absent.yaml")], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.strip() == f"aether slo import: {tmp_path / 'absent.yaml'}: No such file or directory"
+    r = subprocess.run([*CLI, "slo", "export", "--out", str(tmp_path / "no" / "dir.yaml")], cwd=REPO,
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "No such file or directory" in r.stderr
