@@ -207,9 +207,19 @@ def validate(doc) -> None:
 
 # ------------------------------------------------------------------------------------- import
 
+class _JsonLoader(yaml.SafeLoader):
+    """YAML as JSON sees it: `2022-12-01 00:00:00` (a calendar's startTime) stays a string, as
+    the schema expects, instead of becoming a datetime."""
+
+
+_JsonLoader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
 def load_documents(text: str, source: str = "input") -> list[dict]:
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = [d for d in yaml.load_all(text, Loader=_JsonLoader) if d is not None]
     except yaml.YAMLError as exc:
         raise OpenSLOError(f"{source}: not YAML: {exc}".splitlines()[0]) from None
     if not docs:

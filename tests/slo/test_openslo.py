@@ -174,3 +174,15 @@ def test_cli_missing_file_and_unwritable_output_are_one_line_errors(tmp_path):
     r = subprocess.run([*CLI, "slo", "export", "--out", str(tmp_path / "no" / "dir.yaml")], cwd=REPO,
                        capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "No such file or directory" in r.stderr
+
+
+def test_an_unquoted_calendar_start_time_is_read_as_the_schema_expects():
+    """`startTime: 2022-01-01 12:00:00`, as OpenSLO's own examples write it, is a string to the
+    schema (YAML would make it a timestamp): the calendar window is refused for what it is."""
+    docs = _docs()
+    text = openslo.to_yaml(docs).replace(
+        "  timeWindow:\n  - duration: 30d\n    isRolling: true\n",
+        "  timeWindow:\n  - duration: 1M\n    isRolling: false\n    calendar:\n"
+        "      startTime: 2022-01-01 12:00:00\n      timeZone: America/New_York\n", 1)
+    with pytest.raises(openslo.OpenSLOError, match=r"^SLO relay-heartbeat: spec\.timeWindow\[0\]\.isRolling: calendar"):
+        openslo.import_documents(openslo.load_documents(text))
