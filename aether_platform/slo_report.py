@@ -28,7 +28,6 @@ from aether_platform.slo_spec import SLO
 
 DEFAULT_PROMETHEUS_URL = "http://127.0.0.1:9090"
 TIMEOUT_S = 30.0
-HISTORY_STEP = "5m"
 
 
 class PrometheusError(RuntimeError):
@@ -105,10 +104,9 @@ def report(prom: Prometheus, slo: SLO, day: dt.date) -> Report:
     total_day = prom.scalar(f"sum_over_time({spec.TOTAL_RECORD}{sel}[1d])", end) or 0.0
     total_period = prom.scalar(f"sum_over_time({spec.TOTAL_RECORD}{sel}[{period}])", end)
     bad_period = prom.scalar(f"sum_over_time({spec.BAD_RECORD}{sel}[{period}])", end) or 0.0
-    first = prom.scalar(f"min_over_time(timestamp({spec.TOTAL_RECORD}{sel})[{period}:{HISTORY_STEP}])", end)
-    history = 0.0 if first is None else min(spec.PERIOD_HOURS / 24, (end.timestamp() - first) / 86400)
+    history = prom.scalar(spec.history_days_expr(slo.slug), end) or 0.0
     fast = spec.BURN_TIERS[0].long_window
-    worst = prom.scalar(f"max_over_time(({spec.summed_error_ratio(slo.slug, fast)})[1d:{HISTORY_STEP}]) / {slo.budget}",
+    worst = prom.scalar(f"max_over_time(({spec.summed_error_ratio(slo.slug, fast)})[1d:{spec.SHORT_WINDOW}]) / {slo.budget}",
                         end)
     fired = prom.query(f'max_over_time(ALERTS{{alertstate="firing",slo="{slo.slug}"}}[1d])', end)
     alerts = sorted({a["metric"]["alertname"] for a in fired})

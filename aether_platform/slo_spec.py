@@ -201,10 +201,20 @@ def burn_rate_record(w: str) -> str:
 # their sums over a window weighs every event alike, as a raw ratio over that window would.
 BAD_RECORD = f"slo:sli_bad:increase{SHORT_WINDOW}"
 TOTAL_RECORD = f"slo:sli_total:increase{SHORT_WINDOW}"
-# When the recordings began (Unix seconds), and how many days of the period they cover: below
-# the period's length, the budget is "over the last N days", and every output says so.
-HISTORY_START_RECORD = "slo:history:start_timestamp_seconds"
+# How many days of the period the recordings cover: below the period's length, the budget is
+# "over the last N days", and every output says so.
 HISTORY_DAYS_RECORD = "slo:history:covered_days"
+# An hour's resolution is plenty for "N days" and keeps the subquery at 720 lookups per evaluation.
+HISTORY_STEP = "1h"
+
+
+def history_days_expr(slug: str) -> str:
+    """Age of the oldest 5-minute recording within the period, in days (to HISTORY_STEP), capped
+    at the period: what the rules record and the SLO reports read for any past day. Until the
+    subquery's first aligned step sees a recording, the newest recording's own time stands in."""
+    total = f'{TOTAL_RECORD}{{slo="{slug}"}}'
+    return (f"clamp_max((time() - (min_over_time(timestamp({total})[{PERIOD}:{HISTORY_STEP}]) or timestamp({total})))"
+            f" / 86400, {PERIOD_HOURS // 24})")
 
 
 def summed_error_ratio(slug: str, w: str) -> str:

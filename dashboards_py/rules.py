@@ -4,8 +4,8 @@ Per SLO, a fast group (the stack's evaluation interval) records the headline and
 and burn rate of every window up to 6 h. A slow group (every 30 s) records the bad and all events
 of the last 5 minutes, and sums those two series over the 1 d, 3 d and 30 d windows: the longest
 windows never scan raw series, which is what made `[30d]` the costliest query of the file. It also
-records since when those recordings exist, so a budget over less than the period says "over the
-last N days". The alerts read only recorded series, so one alert per burn tier covers every SLO
+records how many days those recordings cover, so a budget over less than the period says "over
+the last N days". The alerts read only recorded series, so one alert per burn tier covers every SLO
 through the `slo` label, and routes by the `severity` and `team` labels.
 """
 from __future__ import annotations
@@ -31,22 +31,6 @@ def _window_rules(slo: SLO, windows: list[str]) -> list[dict]:
     return rules
 
 
-def history_days_expr(slug: str) -> str:
-    start = f'{spec.HISTORY_START_RECORD}{{slo="{slug}"}}'
-    return f"clamp_max((time() - {start}) / 86400, {spec.PERIOD_HOURS // 24})"
-
-
-def _history_rules(slo: SLO) -> list[dict]:
-    # The start reads its own past (over the period, so a restarted Prometheus finds it again in
-    # the TSDB) and falls back to now at the first evaluation that has events to count.
-    start = spec.HISTORY_START_RECORD
-    total = f'{spec.TOTAL_RECORD}{{slo="{slo.slug}"}}'
-    return [
-        _record(start, f'min_over_time({start}{{slo="{slo.slug}"}}[{spec.PERIOD}]) or (0 * {total} + time())', slo),
-        _record(spec.HISTORY_DAYS_RECORD, history_days_expr(slo.slug), slo),
-    ]
-
-
 def _slow_rules(slo: SLO, long: list[str]) -> list[dict]:
     w = spec.SHORT_WINDOW
     bad, total = slo.sli.bad.format(w=w), slo.sli.total.format(w=w)
@@ -64,7 +48,8 @@ def _slow_rules(slo: SLO, long: list[str]) -> list[dict]:
             rules.append(_burn_rule(slo, win))
     rules.append(_record(spec.BUDGET_REMAINING_RECORD,
                          f'1 - {spec.error_ratio_record(spec.PERIOD)}{{slo="{slo.slug}"}} / {slo.budget}', slo))
-    return rules + _history_rules(slo)
+    rules.append(_record(spec.HISTORY_DAYS_RECORD, spec.history_days_expr(slo.slug), slo))
+    return rules
 
 
 def _slo_groups(slo: SLO, tiers: tuple[BurnTier, ...]) -> list[dict]:
