@@ -14,7 +14,7 @@ from __future__ import annotations
 import dagster as dg
 
 from aether_platform import logs
-from aether_platform.dagster_defs import idempotency_keys, kafka_topic, outbox, outbox_retention
+from aether_platform.dagster_defs import idempotency_keys, kafka_topic, outbox, outbox_retention, slo_reports
 from aether_platform.dagster_defs.resources import CrmDatabase, KafkaCluster, RelayResource
 from aether_platform.dagster_defs.run_logger import platform_console
 from aether_platform.settings import get_settings
@@ -25,13 +25,16 @@ logs.configure()
 
 defs = dg.Definitions(
     assets=[outbox.outbox_events, outbox.outbox_relay, kafka_topic.crm_events_topic, kafka_topic.crm_events,
-            idempotency_keys.idempotency_keys, outbox_retention.outbox_retention],
+            idempotency_keys.idempotency_keys, outbox_retention.outbox_retention,
+            *slo_reports.slo_report_assets],
     asset_checks=[outbox.oldest_pending_is_young, outbox.no_dead_lettered_events, kafka_topic.topic_matches_spec,
                   outbox_retention.retention_keeps_up],
     jobs=[outbox.relay_streaming_job, outbox.relay_batch_job, outbox.requeue_dead_lettered_events,
-          kafka_topic.provision_topic_job, idempotency_keys.expire_keys_job, outbox_retention.retire_outbox_job],
+          kafka_topic.provision_topic_job, idempotency_keys.expire_keys_job, outbox_retention.retire_outbox_job,
+          slo_reports.slo_reports_job],
     sensors=[outbox.outbox_relay_sensor, outbox.outbox_health_sensor, kafka_topic.topic_provisioning_sensor],
-    schedules=[idempotency_keys.expire_keys_schedule, outbox_retention.retire_outbox_schedule],
+    schedules=[idempotency_keys.expire_keys_schedule, outbox_retention.retire_outbox_schedule,
+               slo_reports.slo_reports_schedule],
     loggers={"console": platform_console},
     resources={
         "crm_db": CrmDatabase(dsn=dg.EnvVar("DATABASE_URL")),
@@ -39,5 +42,6 @@ defs = dg.Definitions(
         "kafka": KafkaCluster(bootstrap_servers=dg.EnvVar("KAFKA_BOOTSTRAP_SERVERS"), topic=get_settings().topic),
         # Every relay setting has a default, so they are read once here and shown in the UI.
         "relay": RelayResource.from_env(),
+        "prometheus": slo_reports.prometheus_resource(),
     },
 )

@@ -12,6 +12,11 @@ from dataclasses import dataclass
 
 PERIOD = "30d"
 PERIOD_HOURS = 30 * 24
+# Every Prometheus the project runs keeps the period plus this margin (devstack/stack.py,
+# deploy/compose.yaml; tests/slo/test_period.py checks both), so a 30-day budget is 30 days of data
+# once the stack has run that long. Before that the rules record how much history the budget covers.
+RETENTION_MARGIN_DAYS = 5
+PROMETHEUS_RETENTION = f"{PERIOD_HOURS // 24 + RETENTION_MARGIN_DAYS}d"
 
 # Prometheus job that scrapes the API (devstack/prometheus/prometheus.yml.tmpl).
 API_JOB = "aether-api"
@@ -57,10 +62,16 @@ BURN_TIERS = (
 FAST_TIERS = BURN_TIERS[:2]
 TICKET_TIERS = BURN_TIERS[2:]
 
-# Windows at least as long as this are evaluated less often: they move slowly and scan the most.
+# Windows at least as long as this are evaluated less often and never read raw series: they are
+# sums over the 5-minute recordings below (as Sloth derives its period), one series per SLO.
 SLOW_RULE_WINDOW_HOURS = 24
 SLOW_RULE_INTERVAL = "30s"
+SHORT_WINDOW = "5m"
 ABSENT_FOR = "5m"
+
+# Where each alert's runbook_url points: docs/slo-runbook.md has one section per SLO slug. A
+# repository-relative path, because the platform has no canonical docs host; point it at yours.
+RUNBOOK_BASE = "docs/slo-runbook.md"
 
 
 def hours(window: str) -> float:
@@ -68,9 +79,9 @@ def hours(window: str) -> float:
     return float(window[:-1]) * {"m": 1 / 60, "h": 1, "d": 24}[unit]
 
 
-def burn_windows() -> list[str]:
+def burn_windows(tiers: tuple[BurnTier, ...] = BURN_TIERS) -> list[str]:
     """Every window the tiers read, shortest first."""
-    ws = {w for t in BURN_TIERS for w in (t.long_window, t.short_window)}
+    ws = {w for t in tiers for w in (t.long_window, t.short_window)}
     return sorted(ws, key=hours)
 
 
@@ -89,9 +100,18 @@ class RatioSLI:
 
 @dataclass(frozen=True)
 class TimeSLI:
-    """Time-based: the share of rule evaluations at which `stale_record` was 1."""
+    """Time-based: the share of rule evaluations at which `stale_record` was 1. Its events are the
+    evaluations: bad = evaluations that saw it stale, total = evaluations."""
     stale_record: str
     stale_expr: str
+
+    @property
+    def bad(self) -> str:
+        return f"sum(sum_over_time({self.stale_record}[{{w}}]))"
+
+    @property
+    def total(self) -> str:
+        return f"sum(count_over_time({self.stale_record}[{{w}}]))"
 
     def error_ratio(self, w: str) -> str:
         return f"avg_over_time({self.stale_record}[{w}])"
@@ -118,10 +138,53 @@ class SLO:
     headline: Headline
     required_metrics: tuple[str, ...]   # absent() alerts watch these
     description: str
+    team: str = "platform"              # routing label on every series and alert of this SLO
 
     @property
     def budget(self) -> float:
         return round(1 - self.objective, 10)
+
+    @property
+    def runbook_url(self) -> str:
+        return f"{RUNBOOK_BASE}#{self.slug}"
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """Labels of every recorded series of this SLO, so alerts inherit them for routing."""
+        return {"slo": self.slug, "team": self.team}
+
+
+@dataclass(frozen=True)
+class PolicyStep:
+    """One line of the error-budget policy: what the owning team does while at most
+    `remaining_below` of the period's budget is left."""
+    remaining_below: float
+    action: str
+
+
+# The error-budget policy every SLO is held to (shown on its Dagster report, exported to OpenSLO).
+# Checked from the most severe step up; the first whose bound is above the remaining budget applies.
+ERROR_BUDGET_POLICY = (
+    PolicyStep(0.0, "Budget exhausted: freeze every deploy except fixes for this SLO; the owning team "
+                    "writes a postmortem before the freeze lifts."),
+    PolicyStep(0.25, "Below 25 % remaining: freeze risky deploys (schema migrations, relay and Kafka "
+                     "changes); reliability work comes first in planning."),
+    PolicyStep(0.5, "Below 50 % remaining: review the burn in the weekly ops meeting; no action "
+                    "required yet."),
+)
+POLICY_OK = "Within budget: ship as usual."
+
+
+def policy_action(remaining: float) -> str:
+    """The policy step in force with `remaining` (a share of the budget; may be negative)."""
+    for step in ERROR_BUDGET_POLICY:
+        if remaining <= step.remaining_below:
+            return step.action
+    return POLICY_OK
+
+
+def policy_text(policy: tuple[PolicyStep, ...] = ERROR_BUDGET_POLICY) -> str:
+    return "\n".join(f"- remaining <= {p.remaining_below:.0%}: {p.action}" for p in policy) + f"\n- otherwise: {POLICY_OK}"
 
 
 # Recorded series names (Prometheus level:metric:operations convention).
@@ -131,6 +194,34 @@ def error_ratio_record(w: str) -> str:
 
 def burn_rate_record(w: str) -> str:
     return f"slo:burn_rate:rate{w}"
+
+
+# The 5-minute amounts every long window is summed from: bad and all events (for the heartbeat,
+# stale and all evaluations) in the last 5 minutes, recorded every SLOW_RULE_INTERVAL. The ratio of
+# their sums over a window weighs every event alike, as a raw ratio over that window would.
+BAD_RECORD = f"slo:sli_bad:increase{SHORT_WINDOW}"
+TOTAL_RECORD = f"slo:sli_total:increase{SHORT_WINDOW}"
+# How many days of the period the recordings cover: below the period's length, the budget is
+# "over the last N days", and every output says so.
+HISTORY_DAYS_RECORD = "slo:history:covered_days"
+# An hour's resolution is plenty for "N days" and keeps the subquery at 720 lookups per evaluation.
+HISTORY_STEP = "1h"
+
+
+def history_days_expr(slug: str) -> str:
+    """Age of the oldest 5-minute recording within the period, in days (to HISTORY_STEP), capped
+    at the period: what the rules record and the SLO reports read for any past day. Until the
+    subquery's first aligned step sees a recording, the newest recording's own time stands in."""
+    total = f'{TOTAL_RECORD}{{slo="{slug}"}}'
+    return (f"clamp_max((time() - (min_over_time(timestamp({total})[{PERIOD}:{HISTORY_STEP}]) or timestamp({total})))"
+            f" / 86400, {PERIOD_HOURS // 24})")
+
+
+def summed_error_ratio(slug: str, w: str) -> str:
+    """Error ratio over `w` from the 5-minute recordings: never a range over raw series."""
+    sel = f'{{slo="{slug}"}}'
+    return (f"sum_over_time({BAD_RECORD}{sel}[{w}])"
+            f" / clamp_min(sum_over_time({TOTAL_RECORD}{sel}[{w}]), 1e-12)")
 
 
 BUDGET_REMAINING_RECORD = "slo:error_budget:remaining"

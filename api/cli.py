@@ -136,6 +136,12 @@ def _dashboards_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
+def _slo_arguments(p: argparse.ArgumentParser) -> None:
+    from dashboards_py.openslo_cli import add_arguments
+
+    add_arguments(p)
+
+
 def _bench(args) -> int:
     # bench/ lives in the checkout, not in the installed package: run it from there.
     if not (REPO / "bench").is_dir():
@@ -213,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dashboards", help="build, check or push the SLO dashboard, rules and promtool tests",
                        description="SLOs as code (dashboards_py): same as `python -m dashboards_py`.")
     _dashboards_arguments(p)
+
+    p = sub.add_parser("slo", help="export the SLOs as OpenSLO v1, or import OpenSLO v1 documents",
+                       description="OpenSLO v1 in and out (docs/openslo.md).")
+    _slo_arguments(p)
 
     p = sub.add_parser("bench", help="run benchmarks (all, or the named ones) and rewrite BENCHMARKS.md",
                        description="Same as `python -m bench [names…]`; needs the stack (`aether stack up --services infra`).")

@@ -605,6 +605,12 @@ def rules_glob() -> str:
     return str(REPO / "dashboards_py" / "generated" / "prometheus" / "*.yml")
 
 
+def _slo_retention() -> str:
+    """The SLO period plus a margin: a 30-day budget needs 30 days of samples (slo_spec)."""
+    from aether_platform.slo_spec import PROMETHEUS_RETENTION
+    return PROMETHEUS_RETENTION
+
+
 def start_prometheus(cfg: Config) -> None:
     log = cfg.log("prometheus")
     url = cfg.prometheus_url
@@ -627,7 +633,7 @@ def start_prometheus(cfg: Config) -> None:
         say(f"prometheus: starting on {url} (log: {log})")
         _spawn(cfg, "prometheus", [binary, f"--config.file={conf}", f"--storage.tsdb.path={pdir / 'data'}",
                                    f"--web.listen-address=127.0.0.1:{cfg.prometheus_port}",
-                                   "--web.enable-lifecycle", "--storage.tsdb.retention.time=3d"])
+                                   "--web.enable-lifecycle", f"--storage.tsdb.retention.time={_slo_retention()}"])
     wait_until("prometheus", f"{url}/-/ready", lambda: _http_ok(f"{url}/-/ready"), 60, log,
                alive=lambda: running(cfg, "prometheus"))
 

@@ -2,11 +2,17 @@
 meet another test's relay, and another relay's rows must not change what these tests measure."""
 from __future__ import annotations
 
+import json
+import subprocess
+import time
+from pathlib import Path
+
 import psycopg
 import pytest
 
 from aether_platform.db_url import libpq_url
-from tests.conftest import RUN_ID, drop_database, migrated_database
+from devstack.stack import PROMETHEUS_LISTENING
+from tests.conftest import RUN_ID, drop_database, migrated_database, required_binary
 
 
 @pytest.fixture(scope="package")
@@ -20,3 +26,37 @@ def slo_db(base_database_url):
 def slo_conn(slo_db):
     with psycopg.connect(libpq_url(slo_db), autocommit=True) as conn:
         yield conn
+
+
+class OwnPrometheus:
+    """A Prometheus of the test's own in `tmp`, on port 0: its log says which port it got, so no
+    port is chosen by one process and bound by another. Restartable on the same data."""
+
+    def __init__(self, tmp: Path, config: dict, *flags: str):
+        self.tmp, self.flags, self.proc, self.url = tmp, flags, None, None
+        (tmp / "prometheus.yml").write_text(json.dumps(config))   # JSON is YAML
+
+    def start(self, timeout: float = 60) -> "OwnPrometheus":
+        log_path = self.tmp / "prometheus.log"
+        log_path.write_bytes(b"")
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [required_binary("prometheus"), f"--config.file={self.tmp / 'prometheus.yml'}",
+                 f"--storage.tsdb.path={self.tmp / 'data'}", "--web.listen-address=127.0.0.1:0", *self.flags],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        try:
+            while not (listening := PROMETHEUS_LISTENING.search(log_path.read_text())):
+                assert self.proc.poll() is None, f"prometheus exited; see {log_path}"
+                assert time.monotonic() < deadline, f"prometheus never said where it listens; see {log_path}"
+                time.sleep(0.1)
+        except BaseException:
+            self.proc.kill()
+            raise
+        self.url = f"http://127.0.0.1:{listening.group(1)}"
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)

@@ -2,6 +2,7 @@
 parser (promtool, which shares it with the server; the end-to-end test runs them on a server)."""
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 
@@ -9,7 +10,7 @@ import pytest
 import yaml
 
 from aether_platform import slo_spec as spec
-from dashboards_py import build, dashboard, provisioning
+from dashboards_py import build, dashboard, grafana_check, provisioning
 from tests.conftest import required_binary
 
 
@@ -93,3 +94,31 @@ def test_provisioning_files():
     assert ds["apiVersion"] == 1 and ds["datasources"][0]["type"] == "prometheus"
     prov = yaml.safe_load((root / provisioning.PROVIDER_FILE).read_text())
     assert prov["providers"][0]["type"] == "file" and prov["providers"][0]["options"]["path"]
+
+
+def test_valid_against_grafanas_published_dashboard_model(board):
+    """The Grafana Foundation SDK's JSON schemas (dashboards_py/grafana_schema): the dashboard,
+    every panel's frame, and the timeseries, stat and table options."""
+    assert grafana_check.problems(board) == []
+
+
+def test_the_grafana_check_is_real(board):
+    legacy = copy.deepcopy(board)
+    legacy["rows"] = []                                             # the pre-7 layout
+    legacy["panels"][0]["span"] = 6
+    legacy["panels"][0]["options"]["legend"]["displayMode"] = "sideways"
+    legacy["panels"][7]["fieldConfig"]["defaults"]["decimals"] = None
+    found = "\n".join(grafana_check.problems(legacy))
+    for field in ("'rows' was unexpected", "'span' was unexpected", "options.legend.displayMode",
+                  "fieldConfig.defaults.decimals"):
+        assert field in found, found
+
+
+def test_modern_schema_version_and_no_point_cap(board):
+    assert board["schemaVersion"] == dashboard.SCHEMA_VERSION >= 41
+    assert not [p["title"] for p in board["panels"] if "maxDataPoints" in p]
+
+
+def test_history_panel_says_over_how_many_days(board):
+    panel = _panel(board, "Budget over the last N days")
+    assert panel["targets"][0]["expr"] == spec.HISTORY_DAYS_RECORD

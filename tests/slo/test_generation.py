@@ -2,6 +2,7 @@
 own unit tests (the burn-rate scenarios of dashboards_py/promtool_tests.py) pass."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -35,6 +36,19 @@ def test_check_command_exit_codes():
     via_cli = subprocess.run([*CLI, "dashboards", "check"], cwd=REPO,
                              capture_output=True, text=True)
     assert via_cli.returncode == 0, via_cli.stderr
+
+
+def test_check_command_fails_on_a_stale_file(tmp_path):
+    """`python -m dashboards_py --check` (what `aether dashboards check` runs) on a copy of the
+    generator whose committed OpenSLO export was edited by hand."""
+    for pkg in ("dashboards_py", "aether_platform"):
+        shutil.copytree(REPO / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    stale_file = tmp_path / "dashboards_py" / "generated" / build.OPENSLO
+    stale_file.write_text(stale_file.read_text().replace("target: 0.999", "target: 0.99", 1))
+    r = subprocess.run([sys.executable, "-m", "dashboards_py", "--check"], cwd=tmp_path, capture_output=True,
+                       text=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)})
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"out of date: {build.OPENSLO}" in r.stderr
 
 
 def test_promtool_check_rules():

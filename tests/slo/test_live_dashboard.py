@@ -22,8 +22,8 @@ import pytest
 from aether_platform import slo_spec as spec
 from aether_platform.db_url import libpq_url
 from dashboards_py import build, dashboard
-from devstack.stack import PROMETHEUS_LISTENING
-from tests.conftest import REPO, ApiServer, required_binary
+from tests.conftest import REPO, ApiServer
+from tests.slo.conftest import OwnPrometheus
 
 # No skip without the binary: `make test` installs it, and a green run must mean the evidence ran.
 pytestmark = pytest.mark.slow
@@ -40,30 +40,12 @@ def api(slo_db, platform_env, tmp_path_factory):
     server.close()
 
 
-def _prometheus(api_port: int, tmp_path) -> tuple[subprocess.Popen, str]:
-    """A Prometheus of the test's own on port 0; its log says which port it got."""
-    binary = required_binary("prometheus")
-    config = {
+def _prometheus(api_port: int, tmp_path) -> OwnPrometheus:
+    return OwnPrometheus(tmp_path, {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(build.GENERATED / build.RULES)],
         "scrape_configs": [{"job_name": spec.API_JOB, "static_configs": [{"targets": [f"127.0.0.1:{api_port}"]}]}],
-    }
-    (tmp_path / "prometheus.yml").write_text(json.dumps(config))   # JSON is YAML
-    log = open(tmp_path / "prometheus.log", "wb")
-    proc = subprocess.Popen([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp_path / 'data'}", "--web.listen-address=127.0.0.1:0"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    log.close()
-    deadline = time.monotonic() + 30
-    try:
-        while not (listening := PROMETHEUS_LISTENING.search((tmp_path / "prometheus.log").read_text())):
-            assert proc.poll() is None, "prometheus exited; see prometheus.log"
-            assert time.monotonic() < deadline, "prometheus never said where it listens; see prometheus.log"
-            time.sleep(0.1)
-    except BaseException:
-        proc.kill()
-        raise
-    return proc, f"http://127.0.0.1:{listening.group(1)}"
+    }).start(timeout=30)
 
 
 def _traffic(api: ApiServer, jobs: int = 8) -> list[str]:
@@ -122,7 +104,8 @@ def test_every_panel_returns_data(api, slo_db, platform_env, tmp_path):
         # firing-alerts table a row through the whole pipeline (exporter → rules → ALERTS).
         conn.execute("UPDATE relay_status SET heartbeat_at = now() - interval '10 minutes'")
 
-    proc, prom = _prometheus(api.port, tmp_path)
+    own = _prometheus(api.port, tmp_path)
+    proc, prom = own.proc, own.url
     try:
         _wait_ready(prom, proc)
         exprs = dashboard.panel_exprs(json.loads((build.GENERATED / build.DASHBOARD).read_text()))
@@ -145,5 +128,4 @@ def test_every_panel_returns_data(api, slo_db, platform_env, tmp_path):
         assert (spec.BURN_TIERS[0].alert, "relay-heartbeat") in fired, firing
         assert not _query(prom, 'ALERTS{alertname="AetherSLOMetricAbsent"}'), "a required metric is missing"
     finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+        own.stop()
