@@ -3,6 +3,7 @@ meet another test's relay, and another relay's rows must not change what these t
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -11,7 +12,6 @@ import psycopg
 import pytest
 
 from aether_platform.db_url import libpq_url
-from devstack.stack import PROMETHEUS_LISTENING
 from tests.conftest import RUN_ID, drop_database, migrated_database, required_binary
 
 
@@ -26,6 +26,9 @@ def slo_db(base_database_url):
 def slo_conn(slo_db):
     with psycopg.connect(libpq_url(slo_db), autocommit=True) as conn:
         yield conn
+
+# Where a Prometheus started on port 0 says it listens, e.g. msg="Listening on" address=127.0.0.1:36739
+PROMETHEUS_LISTENING = re.compile(r'msg="Listening on" address=[^\s]*:(\d+)')
 
 
 class OwnPrometheus:
