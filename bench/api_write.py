@@ -30,7 +30,6 @@ import asyncio
 import math
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,11 +37,11 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
 import uvloop
 import psycopg
 
 from aether_platform.db_url import libpq_url, with_database
+from bench import _api as bench_api
 from bench.report import Figure, emit, progress
 from devstack import stack
 
@@ -138,23 +137,13 @@ def settle(url: str) -> None:
         conn.execute("CHECKPOINT")
 
 
-def start_api(url: str, sock: socket.socket) -> subprocess.Popen:
-    """The API on `sock`, bound by this process (port 0) and handed over: no other process can
-    take the port between its choice and the API's start."""
+def start_api(url: str) -> tuple[subprocess.Popen, int]:
+    """The API on `url`'s database, and its port."""
     # The per-tenant write limit is off: this measures the API's capacity, not the limiter.
     env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(REPO), "AETHER_DB_POOL_MAX": "30",
            "AETHER_WRITE_RATE_PER_TENANT": "0"}
-    port, fd = sock.getsockname()[1], sock.fileno()
-    proc = subprocess.Popen([sys.executable, "-m", "api", "--fd", str(fd), "--workers", str(WORKERS),
-                             "--log-level", "warning"], cwd=REPO, env=env, start_new_session=True, pass_fds=(fd,))
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
-            return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise SystemExit("the API did not start")
+    proc, base = bench_api.start_api(env, "--workers", str(WORKERS), "--log-level", "warning")
+    return proc, int(base.rsplit(":", 1)[1])
 
 
 WRK_ERRORS = ("status", "connect", "read", "write", "timeout")
@@ -252,11 +241,8 @@ def main() -> None:
     progress("preparing two fresh bench databases")
     ceiling_db = fresh_database(cfg.database_url, "aether_bench_pgbench")
     api_db = fresh_database(cfg.database_url, "aether_bench_api")
-    sock = socket.create_server(("127.0.0.1", 0), backlog=2048)
-    port = sock.getsockname()[1]
-    progress(f"starting the API: uvicorn, {WORKERS} workers, uvloop + httptools (api.http_protocol), on :{port}")
-    api = start_api(api_db, sock)
-    sock.close()  # the API's now
+    progress(f"starting the API: python -m api, {WORKERS} workers")
+    api, port = start_api(api_db)
     errors = {f"wrk {k}": 0 for k in WRK_ERRORS}
     steady_rows: list[tuple[str, float, bool, list[float], list[float], dict[str, int]]] = []
     try:

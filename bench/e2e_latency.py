@@ -27,11 +27,11 @@ import threading
 import time
 import uuid
 
-import httpx
 import uvloop
 import orjson
 
 from bench._relay_setup import REPO, bench_database, bench_topic, warm_up_broker
+from bench import _api as bench_api
 from bench.relay_latency import pct, produce_consume_floor
 from bench.report import Figure, emit, load_rates, progress
 from devstack import stack
@@ -145,28 +145,12 @@ def main() -> None:
                "PYTHONPATH": str(REPO), "AETHER_WRITE_RATE_PER_TENANT": "0"}
         progress(f"warming the broker up: {WARM_UP_SECONDS:.0f}s of small produce requests and fetches")
         progress(f"  {warm_up_broker(bootstrap, topic, WARM_UP_SECONDS):,} produce requests")
-        # Bound here and handed over (--fd): no other process can take the port meanwhile.
-        sock = socket.create_server(("127.0.0.1", 0), backlog=2048)
-        port = sock.getsockname()[1]
         workers = stack.default_api_workers()
         progress(f"starting the API ({workers} workers, as the stack runs it) and a streaming relay")
-        api = subprocess.Popen([sys.executable, "-m", "api", "--fd", str(sock.fileno()), "--workers", str(workers),
-                                "--log-level", "warning"],
-                               cwd=REPO, env=env, start_new_session=True, pass_fds=(sock.fileno(),))
-        sock.close()
+        api, url = bench_api.start_api(env, "--workers", str(workers), "--log-level", "warning")
         relay = subprocess.Popen([sys.executable, "-m", "aether_platform.relay", "--mode", "streaming"], cwd=REPO,
                                  env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    httpx.get(url + "/", timeout=1)
-                    break
-                except httpx.HTTPError:
-                    if time.monotonic() > deadline or api.poll() is not None:
-                        raise SystemExit("the API did not start")
-                    time.sleep(0.2)
             for label, rate, judged in rates:
                 progress(f"{label}: baseline, bare produce → consume at {rate:,.0f}/s for {SECONDS}s")
                 floor = produce_consume_floor(bootstrap, topic, int(rate * SECONDS), rate)

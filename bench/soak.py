@@ -29,20 +29,19 @@ import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
 
-import httpx
 import psycopg
 import uvloop
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from aether_platform.db_url import libpq_url
 from bench._relay_setup import REPO, bench_database, bench_topic, warm_up_broker
+from bench import _api as bench_api
 from bench.e2e_latency import SseReader
 from bench.relay_latency import pct
 from bench.report import Figure, emit, progress
@@ -210,30 +209,16 @@ def main(argv: list[str] | None = None) -> int:
                "PYTHONPATH": str(REPO), "AETHER_WRITE_RATE_PER_TENANT": "0"}
         progress("warming the broker up for 10s")
         warm_up_broker(bootstrap, topic, 10)
-        # Bound here and handed over (--fd): no other process can take the port meanwhile.
-        sock = socket.create_server(("127.0.0.1", 0), backlog=2048)
-        port = sock.getsockname()[1]
         progress(f"starting the API ({workers} workers) and a streaming relay")
+        api, url = bench_api.start_api(env, "--workers", str(workers), "--log-level", "warning")
+        port = int(url.rsplit(":", 1)[1])
         procs = {
-            "api": subprocess.Popen([sys.executable, "-m", "api", "--fd", str(sock.fileno()), "--workers", str(workers),
-                                     "--log-level", "warning"], cwd=REPO, env=env, start_new_session=True,
-                                    pass_fds=(sock.fileno(),)),
+            "api": api,
             "relay": subprocess.Popen([sys.executable, "-m", "aether_platform.relay", "--mode", "streaming"],
                                       cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL)}
-        sock.close()  # the API's now
         retirements: list[dict] = []
         try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    httpx.get(url + "/", timeout=1)
-                    break
-                except httpx.HTTPError:
-                    if time.monotonic() > deadline:
-                        raise SystemExit("the API did not start")
-                    time.sleep(0.2)
             cap, how = capacity(port)
             rate = max(10.0, args.fraction * cap)
             progress(f"API capacity {cap:,.0f} creates/s ({how}); soak at {rate:,.0f}/s for {args.minutes} min, "

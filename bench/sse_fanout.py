@@ -26,10 +26,8 @@ import asyncio
 import os
 import re
 import resource
-import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from array import array
@@ -38,6 +36,7 @@ from pathlib import Path
 
 import uvloop
 
+from bench import _api as bench_api
 from bench.report import Figure, emit, progress
 
 REPO = Path(__file__).resolve().parent.parent
@@ -122,29 +121,14 @@ def threads(pid: int) -> int:
 
 class Server:
     def __init__(self, kind: str, env: dict[str, str], log_dir: Path):
-        # Bound here and handed over (--fd): no other process can take the port meanwhile.
-        sock = socket.create_server(("127.0.0.1", 0), backlog=4096)
-        self.kind, self.port = kind, sock.getsockname()[1]
+        self.kind = kind
         self.log = open(log_dir / f"sse-bench-{kind}.log", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "api", "--fd", str(sock.fileno()), "--backlog", "4096",
-             *(["--app", "bench.sse_fanout:naive_asgi", "--factory"] if kind == "naive" else [])],
-            cwd=REPO, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-            pass_fds=(sock.fileno(),))
-        sock.close()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                # The socket listens from the start: a connection alone proves nothing, an answer does.
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as probe:
-                    probe.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-                    if probe.recv(1):
-                        return
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"{kind} server exited; see {self.log.name}")
-                time.sleep(0.2)
-        raise RuntimeError(f"{kind} server did not start; see {self.log.name}")
+        naive = ["--app", "bench.sse_fanout:naive_asgi", "--factory"] if kind == "naive" else []
+        try:
+            self.proc, url = bench_api.start_api({**os.environ, **env}, *naive, log=self.log)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{kind} server: {exc}") from None
+        self.port = int(url.rsplit(":", 1)[1])
 
     def stop(self) -> None:
         if self.proc.poll() is None:

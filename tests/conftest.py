@@ -51,6 +51,18 @@ def refused_port():
         yield sock.getsockname()[1]
 
 
+# Debian's Chromium; test tools never download a browser. The flags keep it off the network (the
+# machine's closed network refuses its background connections) and out of any profile.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def launch_chromium(pw):
+    """A browser for a playwright session (`with sync_playwright() as pw`), the one way tests launch one."""
+    return pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+
+
 def required_binary(name: str) -> str:
     """The path of a tool that `make test` installs (prometheus, promtool). Missing, the test
     fails: a skip would let a plain `pytest` go green with that evidence never produced."""

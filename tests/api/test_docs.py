@@ -7,8 +7,8 @@ from urllib.parse import urlsplit
 
 import pytest
 from playwright.sync_api import sync_playwright
+from tests.conftest import launch_chromium
 
-from tests.stream.test_command_center import ARGS, CHROMIUM
 
 
 def test_docs_render_every_operation_with_no_network_beyond_the_api(api_server):
@@ -24,7 +24,7 @@ def test_docs_render_every_operation_with_no_network_beyond_the_api(api_server):
     operations = len([op for ops in __import__("httpx").get(f"{api_server.url}/openapi.json").json()["paths"].values()
                       for op in ops])
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        browser = launch_chromium(pw)
         try:
             page = browser.new_page()
             page.route("**/*", only_the_api)

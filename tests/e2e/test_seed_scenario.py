@@ -12,10 +12,8 @@ from playwright.sync_api import expect, sync_playwright
 from tests.e2e.conftest import report
 from tests.stream.conftest import stream_at
 from tests.stream.sse_client import SseClient
+from tests.conftest import launch_chromium
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def test_job_flows_from_api_to_browser_exactly_once(e2e_api, e2e_relay, e2e_env, topic_reader, tmp_path):
@@ -30,7 +28,7 @@ def test_job_flows_from_api_to_browser_exactly_once(e2e_api, e2e_relay, e2e_env,
     body = {"accountId": None, "title": title, "status": "Open"}
 
     with SseClient(f"{e2e_api.url}/crm-events?tenant={tenant}") as sse, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        browser = launch_chromium(pw)
         page = browser.new_page()
         page.goto(f"{e2e_api.url}/ops/crm-events")
         expect(page.locator("#status")).to_have_attribute("data-state", "live", timeout=15_000)

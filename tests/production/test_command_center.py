@@ -10,7 +10,8 @@ import httpx
 from playwright.sync_api import expect, sync_playwright
 
 from tests.production.conftest import OIDC_TENANTS
-from tests.stream.test_command_center import ARGS, CHROMIUM, GREEN
+from tests.stream.test_command_center import GREEN
+from tests.conftest import launch_chromium
 
 LIVE_DOT = "rgb(34, 197, 94)"
 
@@ -29,7 +30,7 @@ def test_command_center_under_auth_shows_a_provider_token_job_live_and_green(pro
     ops, tenant_token = prod.oidc_token("operator"), prod.oidc_token("tenant-a")
     tenant = OIDC_TENANTS["tenant-a"]
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        browser = launch_chromium(pw)
         try:
             context = browser.new_context()
             page = context.new_page()

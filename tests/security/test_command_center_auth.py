@@ -12,11 +12,11 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from tests.api.conftest import new_key
-from tests.conftest import ApiServer
+from tests.conftest import ApiServer, launch_chromium
 from tests.e2e.conftest import RelayProcess, e2e_env  # noqa: F401 - a database and topic of the module's own
 from tests.security.test_auth import auth
 from tests.security.test_oidc_provider import AUDIENCE, Clients, start_provider, token
-from tests.stream.test_command_center import ARGS, CHROMIUM, GREEN
+from tests.stream.test_command_center import GREEN
 
 LIVE_DOT = "rgb(34, 197, 94)"
 
@@ -40,7 +40,7 @@ def stack(e2e_env, tmp_path_factory):  # noqa: F811 - the imported fixture
 @pytest.fixture
 def browser_context():
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        browser = launch_chromium(pw)
         try:
             yield browser.new_context()
         finally:

@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 
@@ -33,7 +34,8 @@ PROMETHEUS_LISTENING = re.compile(r'msg="Listening on" address=[^\s]*:(\d+)')
 
 class OwnPrometheus:
     """A Prometheus of the test's own in `tmp`, on port 0: its log says which port it got, so no
-    port is chosen by one process and bound by another. Restartable on the same data."""
+    port is chosen by one process and bound by another. start() returns once it is ready.
+    Restartable on the same data."""
 
     def __init__(self, tmp: Path, config: dict, *flags: str):
         self.tmp, self.flags, self.proc, self.url = tmp, flags, None, None
@@ -57,7 +59,17 @@ class OwnPrometheus:
             self.proc.kill()
             raise
         self.url = f"http://127.0.0.1:{listening.group(1)}"
+        while not self._ready():  # listening is not ready: it may still be replaying its WAL
+            assert self.proc.poll() is None, f"prometheus exited; see {log_path}"
+            assert time.monotonic() < deadline, f"prometheus did not become ready; see {log_path}"
+            time.sleep(0.3)
         return self
+
+    def _ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -13,10 +13,8 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import subprocess
-import time
 
 import dagster as dg
-import httpx
 import pytest
 import yaml
 
@@ -92,7 +90,6 @@ def seeded(tmp_path_factory):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     prom = OwnPrometheus(tmp, {"global": {"scrape_interval": "1m"}},
                          f"--storage.tsdb.retention.time={spec.PROMETHEUS_RETENTION}").start()
-    _wait_ready(prom)
     try:
         _recording_rules(tmp / "rules.yml")
         r = subprocess.run([required_binary("promtool"), "tsdb", "create-blocks-from", "rules", f"--url={prom.url}",
@@ -104,22 +101,9 @@ def seeded(tmp_path_factory):
         for block in (tmp / "rule-blocks").iterdir():
             shutil.move(str(block), tmp / "data" / block.name)
         prom.start()
-        _wait_ready(prom)
         yield prom, end.date() - dt.timedelta(days=1)
     finally:
         prom.stop()
-
-
-def _wait_ready(prom: OwnPrometheus) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{prom.url}/-/ready", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError("prometheus did not become ready; see prometheus.log")
 
 
 def _materialize(prom, slo: spec.SLO, day: dt.date):

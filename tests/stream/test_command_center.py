@@ -10,11 +10,8 @@ import uuid
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from tests.conftest import ApiServer
+from tests.conftest import ApiServer, launch_chromium
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 GREEN = "rgb(31, 138, 59)"
 YELLOW = "rgb(181, 137, 0)"
 RED = "rgb(198, 40, 40)"
@@ -30,7 +27,7 @@ def page_api(stream_env, tmp_path):
 @pytest.fixture
 def page():
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        browser = launch_chromium(pw)
         try:
             yield browser.new_page()
         finally:
