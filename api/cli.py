@@ -77,6 +77,8 @@ def _stack_services(args, stack) -> tuple[str, ...]:
     if args.names and args.services:
         raise _Refused("name the services either as arguments or with --services, not both")
     spec = ",".join(args.names) if args.names else args.services
+    if not spec and args.action == "up":
+        spec = os.environ.get("AETHER_STACK_SERVICES")
     if args.action == "env" and spec:
         raise _Refused("`env` prints the whole stack's settings; it takes no services")
     if args.action == "restart" and not spec:
@@ -200,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="up/down/restart/status act on the named services (default: all; restart needs one)")
     p.add_argument("names", nargs="*", metavar="SERVICE",
                    help="services to act on, e.g. `restart kafka`; same as --services")
-    p.add_argument("--services", help="comma list of services, or 'infra' (postgres,kafka,prometheus) or 'all'")
+    p.add_argument("--services", help="comma list of services, or 'infra' (postgres,kafka,prometheus) or 'all' "
+                                      "(`up` defaults to $AETHER_STACK_SERVICES, else all)")
     p.add_argument("--foreground", action="store_true", help="(up only) stay attached; Ctrl-C stops everything started")
     p.add_argument("--profile", choices=["development", "production"],
                    help="development (default; $AETHER_PROFILE) or production: TLS, Kafka SASL_SSL, auth on, "

@@ -8,6 +8,9 @@
 #   --bench    also wrk (the HTTP load generator of bench/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Everything this script says goes to stderr: `make env` runs it first, and its stdout must hold
+# only the export lines that `eval "$(make -s env)"` runs.
+exec 1>&2
 
 want_browser=0
 want_bench=0
@@ -28,7 +31,7 @@ have java || missing+=(openjdk-17-jre-headless)
 # The production profile makes its CA and certificates with openssl (tests/production too).
 have openssl || missing+=(openssl)
 have mvn || missing+=(maven)
-{ [ -x /usr/lib/postgresql/15/bin/postgres ] || [ -n "${AETHER_PG_BIN:-}" ] || [ -n "${DATABASE_URL:-}" ]; } || missing+=(postgresql)
+{ [ -x /usr/lib/postgresql/15/bin/postgres ] || [ -n "${AETHER_PG_BIN:-}" ] || [ -n "${AETHER_EXTERNAL_DATABASE_URL:-}" ]; } || missing+=(postgresql)
 { have prometheus && have promtool; } || missing+=(prometheus)
 if [ "$want_browser" = 1 ]; then
   have chromium || missing+=(chromium)

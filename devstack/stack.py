@@ -5,7 +5,10 @@ Every piece is a process we start detached, with a pid file and a log under the 
 (`.stack/` by default, git-ignored). `up` is idempotent: what already answers is left alone.
 Waiting shows progress, and a timeout names the piece that failed and the path of its log.
 
-With DATABASE_URL or KAFKA_BOOTSTRAP_SERVERS set, that server is used and none is started.
+Using your own server is an explicit switch: with AETHER_EXTERNAL_DATABASE_URL or
+AETHER_EXTERNAL_KAFKA_BOOTSTRAP_SERVERS set, that server is used and none is started. The plain
+DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS, which `aether stack env` prints for clients, never switch
+the stack to external servers: after `eval "$(make -s env)"` the stack still runs its own.
 
 Two profiles (`--profile`, AETHER_PROFILE): `development` (plaintext, auth off) and `production`,
 the configuration of deploy/compose.yaml and the Helm values on this machine: TLS certificates made
@@ -67,8 +70,10 @@ class Config:
     api_port: int = field(default_factory=lambda: _env_int("AETHER_API_PORT", 8080))
     api_workers: int = field(default_factory=lambda: _env_int("AETHER_API_WORKERS", default_api_workers()))
     dagster_port: int = field(default_factory=lambda: _env_int("AETHER_DAGSTER_PORT", 3000))
-    external_database_url: str | None = field(default_factory=lambda: os.environ.get("DATABASE_URL") or None)
-    external_kafka: str | None = field(default_factory=lambda: os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None)
+    external_database_url: str | None = field(
+        default_factory=lambda: os.environ.get("AETHER_EXTERNAL_DATABASE_URL") or None)
+    external_kafka: str | None = field(
+        default_factory=lambda: os.environ.get("AETHER_EXTERNAL_KAFKA_BOOTSTRAP_SERVERS") or None)
     profile: str = field(default_factory=lambda: os.environ.get("AETHER_PROFILE") or "development")
     # Ports configured as 0: picked by the stack at start (see _start_on_ports).
     auto_ports: set[str] = field(default_factory=set, init=False)
@@ -342,7 +347,7 @@ def _pg_bin(tool: str) -> str:
         return found
     raise StackError(
         f"postgres: `{tool}` not found. Install PostgreSQL 15 (Debian: `apt-get install -y postgresql`)"
-        " or set AETHER_PG_BIN to its bin directory, or set DATABASE_URL to use your own server."
+        " or set AETHER_PG_BIN to its bin directory, or set AETHER_EXTERNAL_DATABASE_URL to use your own server."
     )
 
 
@@ -397,7 +402,7 @@ def _ensure_pg_dir_usable(cfg: Config) -> None:
 
 def start_postgres(cfg: Config) -> None:
     if cfg.external_database_url:
-        say("postgres: DATABASE_URL is set, using that server (none started)")
+        say("postgres: AETHER_EXTERNAL_DATABASE_URL is set, using that server (none started)")
         _wait_external_pg(cfg)
         return
     if _pg_running(cfg):
@@ -546,7 +551,7 @@ def start_kafka(cfg: Config) -> None:
     except KafkaConfigError as exc:
         raise StackError(f"kafka: {exc}") from None
     if cfg.external_kafka:
-        say("kafka: KAFKA_BOOTSTRAP_SERVERS is set, using that cluster (none started)")
+        say("kafka: AETHER_EXTERNAL_KAFKA_BOOTSTRAP_SERVERS is set, using that cluster (none started)")
         wait_until("kafka", f"AdminClient metadata from {cfg.external_kafka}",
                    lambda: _kafka_ready(cfg), _external_wait(), None)
         return
@@ -1042,6 +1047,7 @@ def _log_tail(log: Path, size: int = 8192) -> str:
 def up(cfg: Config, services: tuple[str, ...] = ALL) -> None:
     t0 = time.monotonic()
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    _note_client_variables(cfg)
     if cfg.production:
         say(f"profile: production (state: {cfg.state_dir})")
         prepare_production(cfg)
@@ -1061,6 +1067,17 @@ def up(cfg: Config, services: tuple[str, ...] = ALL) -> None:
     if "dagster-webserver" in services or "dagster-daemon" in services:
         _start_on_ports(cfg, "dagster-webserver", start_dagster)
     say(f"up in {time.monotonic() - t0:.1f}s")
+
+
+def _note_client_variables(cfg: Config) -> None:
+    """Before the explicit switches, DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS meant "use this
+    server": say so when one names another server than the stack's, rather than ignore it silently."""
+    for name, ours, switch in (("DATABASE_URL", cfg.database_url, "AETHER_EXTERNAL_DATABASE_URL"),
+                               ("KAFKA_BOOTSTRAP_SERVERS", cfg.kafka_bootstrap, "AETHER_EXTERNAL_KAFKA_BOOTSTRAP_SERVERS")):
+        theirs = os.environ.get(name)
+        if theirs and theirs != ours and not os.environ.get(switch):
+            say(f"note: {name} is set to {_redact(theirs)}, which the stack does not use; "
+                f"to run against that server instead of starting one, set {switch}")
 
 
 def down(cfg: Config, services: tuple[str, ...] = ALL) -> None:

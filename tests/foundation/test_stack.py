@@ -22,7 +22,9 @@ pytestmark = pytest.mark.slow
 
 
 def _isolated_env(state_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "AETHER_TOPIC")}
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "AETHER_TOPIC",
+                                                             "AETHER_EXTERNAL_DATABASE_URL",
+                                                             "AETHER_EXTERNAL_KAFKA_BOOTSTRAP_SERVERS")}
     # Every port 0: the stack picks its own, race-free (devstack/stack.py), and `stack env` says which.
     env["AETHER_STACK_DIR"] = str(state_dir)
     for var in ("AETHER_PG_PORT", "AETHER_KAFKA_PORT", "AETHER_KAFKA_CONTROLLER_PORT", "AETHER_PROMETHEUS_PORT",
@@ -97,11 +99,12 @@ def test_up_twice_then_down_leaves_nothing(state_dir):
 
 def test_external_servers_are_used_and_none_started(state_dir):
     env = _isolated_env(state_dir)
-    env["DATABASE_URL"] = BASE_ENV["DATABASE_URL"]
-    env["KAFKA_BOOTSTRAP_SERVERS"] = BASE_ENV["KAFKA_BOOTSTRAP_SERVERS"]
+    env["AETHER_EXTERNAL_DATABASE_URL"] = BASE_ENV["DATABASE_URL"]
+    env["AETHER_EXTERNAL_KAFKA_BOOTSTRAP_SERVERS"] = BASE_ENV["KAFKA_BOOTSTRAP_SERVERS"]
     r = aether(env, "stack", "up", "--services", "postgres,kafka")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "DATABASE_URL is set" in r.stdout and "KAFKA_BOOTSTRAP_SERVERS is set" in r.stdout
+    assert "AETHER_EXTERNAL_DATABASE_URL is set" in r.stdout
+    assert "AETHER_EXTERNAL_KAFKA_BOOTSTRAP_SERVERS is set" in r.stdout
     assert not (state_dir / "pg").exists() and not (state_dir / "kafka").exists()
     assert _processes_mentioning(str(state_dir)) == []
     exports = aether(env, "stack", "env").stdout
@@ -111,10 +114,10 @@ def test_external_servers_are_used_and_none_started(state_dir):
 
 def test_timeout_names_the_piece_and_its_log(state_dir):
     env = _isolated_env(state_dir)
-    env["DATABASE_URL"] = BASE_ENV["DATABASE_URL"]
+    env["AETHER_EXTERNAL_DATABASE_URL"] = BASE_ENV["DATABASE_URL"]
     env["AETHER_EXTERNAL_WAIT_SECONDS"] = "3"
     with refused_port() as nowhere:
-        env["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{nowhere}"
+        env["AETHER_EXTERNAL_KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{nowhere}"
         r = aether(env, "stack", "up", "--services", "kafka", timeout=120)
     assert r.returncode == 1
     assert "kafka did not become ready" in r.stderr
