@@ -25,3 +25,10 @@ def with_database(url: str, dbname: str) -> str:
 
 def database_name(url: str) -> str:
     return urlsplit(url).path.lstrip("/") or "postgres"
+
+
+def redact(url: str) -> str:
+    """The URL with its password masked, for messages and logs."""
+    import re
+
+    return re.sub(r"//([^:/@]+):[^@]+@", r"//\1:***@", url)

@@ -486,7 +486,9 @@ def stop_postgres(cfg: Config) -> None:
 
 
 def _redact(url: str) -> str:
-    return re.sub(r"//([^:/@]+):[^@]+@", r"//\1:***@", url)
+    from aether_platform.db_url import redact
+
+    return redact(url)
 
 
 # --------------------------------------------------------------------------- kafka

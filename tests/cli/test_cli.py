@@ -102,12 +102,12 @@ def test_migrate_up_requeue_all_and_down_in_a_scratch_database(base_database_url
 
         with psycopg.connect(libpq_url(url), autocommit=True) as conn:
             ids = [_dead_lettered_event(conn) for _ in range(2)]
-            r = aether("outbox", "requeue", "--all", env=env)
+            r = aether("outbox", "requeue", "--all", "--yes", env=env)
             assert r.returncode == 0, r.stderr
             assert r.stdout.strip() == "requeued 2"
             assert [_state(conn, i) for i in ids] == [(False, 0), (False, 0)]
 
-        r = aether("migrate", "down", env=env)
+        r = aether("migrate", "down", "--yes", env=env)
         assert r.returncode == 0, r.stderr
         with psycopg.connect(libpq_url(url)) as conn:
             assert conn.execute("SELECT to_regclass('outbox_events')").fetchone()[0] is None
