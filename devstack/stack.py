@@ -211,13 +211,32 @@ def wait_until(name: str, what: str, check: Callable[[], bool], timeout: float, 
             pass
         now = time.monotonic()
         if alive is not None and not alive():
-            raise StackError(f"{name} exited while starting ({what}). {_log_hint(log)}")
+            raise StackError(f"{name} exited while starting ({what}). {_log_hint(log)}{log_tail(log)}")
         if now - start > timeout:
-            raise StackError(f"{name} did not become ready within {timeout:.0f}s ({what}). {_log_hint(log)}")
+            raise StackError(f"{name} did not become ready within {timeout:.0f}s ({what}). "
+                             f"{_log_hint(log)}{log_tail(log)}")
         if now - last_report >= 3:
             say(f"{name}: waiting for {what} … {now - start:.0f}s")
             last_report = now
         time.sleep(0.25)
+
+
+def log_tail(log: Path | None, lines: int = 20) -> str:
+    """The last lines of this start's log, indented, for the terminal: a crash's traceback should
+    be on screen, not only behind a path. Empty when there is no log."""
+    if log is None:
+        return ""
+    try:
+        with open(log, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    # _spawn marks each start; older runs' lines would only mislead.
+    text = text.rsplit("\n==== ", 1)[-1] if "\n==== " in text else text
+    tail = [line for line in text.splitlines()[1:] if line.strip()][-lines:]
+    return "".join(f"\n    | {line}" for line in tail) if tail else ""
 
 
 def _log_hint(log: Path | None) -> str:
@@ -1142,24 +1161,35 @@ def print_urls(cfg: Config, services: tuple[str, ...]) -> None:
 
 
 def foreground(cfg: Config, services: tuple[str, ...]) -> int:
-    """`make run`: bring everything up, print the URLs, stop it all on Ctrl-C or SIGTERM."""
+    """`make run`: bring everything up, print the URLs, stop it all on Ctrl-C or SIGTERM.
+
+    Ctrl-C works at any moment: during start-up it interrupts the step under way (a wait, a Maven
+    fetch), and what has started is stopped; while running it ends the watch loop. Stopping itself
+    is not interruptible, so that a second Ctrl-C cannot leave half the stack running."""
     stopping = False
 
     def _stop(signum, _frame):
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
+    def _interrupt(signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         up(cfg, services)
     except StackError as exc:
         say(f"ERROR: {exc}")
-        down(cfg)
+        _stop_all(cfg)
         return 1
     except KeyboardInterrupt:
-        down(cfg)
+        print(flush=True)
+        say("interrupted while starting; stopping what has started")
+        _stop_all(cfg)
         return 130
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
     print_urls(cfg, services)
     say("running; press Ctrl-C to stop everything")
     watched = [s for s in services if s != "postgres"]
@@ -1167,11 +1197,17 @@ def foreground(cfg: Config, services: tuple[str, ...]) -> int:
         time.sleep(0.5)
         dead = [s for s in watched if s in PLATFORM + INFRA and not _is_external(cfg, s) and not running(cfg, s)]
         if dead:
-            say(f"ERROR: {', '.join(dead)} exited; see {', '.join(str(cfg.log(d)) for d in dead)}")
+            for d in dead:
+                say(f"ERROR: {d} exited. Log: {cfg.log(d)}{log_tail(cfg.log(d))}")
             break
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    down(cfg)
+    _stop_all(cfg)
     return 0 if stopping else 1
+
+
+def _stop_all(cfg: Config) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    down(cfg)
 
 
 def _is_external(cfg: Config, service: str) -> bool:
