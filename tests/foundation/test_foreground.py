@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import CLI, REPO
 from tests.foundation.test_stack import _isolated_env, _processes_mentioning, aether, state_dir  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 def test_ctrl_c_during_start_up_stops_what_has_started(state_dir):  # noqa: F811 - the fixture imported above
     env = _isolated_env(state_dir)
-    proc = subprocess.Popen([sys.executable, "-m", "aether_platform.cli", "stack", "up", "--foreground",
+    proc = subprocess.Popen([*CLI, "stack", "up", "--foreground",
                              "--services", "infra"], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     lines = []
@@ -28,6 +28,10 @@ def test_ctrl_c_during_start_up_stops_what_has_started(state_dir):  # noqa: F811
             if "kafka: starting broker" in line:
                 break
         assert any("kafka: starting broker" in line for line in lines), "".join(lines)
+        # "starting broker" is said just before the spawn: wait to see the JVM beside PostgreSQL.
+        deadline = time.monotonic() + 60
+        while len(_processes_mentioning(str(state_dir))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert len(_processes_mentioning(str(state_dir))) >= 2  # postgres and the broker
         proc.send_signal(signal.SIGINT)
         rest = proc.communicate(timeout=120)[0]
