@@ -10,7 +10,7 @@ STACK_PROFILE := $(if $(PROFILE),--profile $(PROFILE))
 # The production profile also runs the local OpenID Provider, which bootstrap installs with --oidc.
 BOOTSTRAP_PROFILE := $(if $(filter production,$(PROFILE)),--oidc)
 
-.PHONY: help bootstrap run up down status env test bench dashboards clean
+.PHONY: help bootstrap run up down status env test bench dashboards settings-doc clean
 
 help:
 	@echo "make run    - install what is missing, start the whole platform in the foreground (Ctrl-C stops it)"
@@ -52,6 +52,10 @@ bench:
 
 dashboards: bootstrap
 	@$(PY) -m dashboards_py
+
+# docs/settings.md from the settings models; the suite fails when it is stale.
+settings-doc: bootstrap
+	@$(PY) -m aether_platform.settings_doc
 
 clean: down
 	rm -rf .stack

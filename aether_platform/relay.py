@@ -183,36 +183,53 @@ class RelaySettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
     # streaming: one long-lived leader, relaunched with a handover; batch: a run per due backlog.
-    mode: str = Field("streaming", alias="AETHER_RELAY_MODE", pattern="^(streaming|batch)$")
-    batch_size: int = Field(500, alias="AETHER_RELAY_BATCH_SIZE", gt=0)
+    mode: str = Field("streaming", alias="AETHER_RELAY_MODE", pattern="^(streaming|batch)$", description=(
+        "`streaming`: one long relay run, handed over as it ages; `batch`: a run whenever an event is due."))
+    batch_size: int = Field(500, alias="AETHER_RELAY_BATCH_SIZE", gt=0, description=(
+        "Outbox rows the relay claims per batch."))
     # Failed attempts after which an event is dead-lettered (it then blocks only its own key).
-    max_retries: int = Field(5, alias="AETHER_RELAY_MAX_RETRIES", gt=0)
+    max_retries: int = Field(5, alias="AETHER_RELAY_MAX_RETRIES", gt=0, description=(
+        "Failed attempts after which an event is dead-lettered (`aether outbox requeue` revives it)."))
     # A streaming run's lifetime, and how long before its end the sensor launches the successor
     # that waits on the leader lock (so the handover has no gap).
-    lifetime_seconds: float = Field(3600.0, alias="AETHER_RELAY_LIFETIME_SECONDS", gt=0)
-    handover_lead_seconds: float = Field(60.0, alias="AETHER_RELAY_HANDOVER_LEAD_SECONDS", ge=0)
+    lifetime_seconds: float = Field(3600.0, alias="AETHER_RELAY_LIFETIME_SECONDS", gt=0, description=(
+        "Age at which a streaming relay run is handed over to a successor."))
+    handover_lead_seconds: float = Field(60.0, alias="AETHER_RELAY_HANDOVER_LEAD_SECONDS", ge=0, description=(
+        "How long before that age the successor is launched, to wait on the leader lock."))
     # A STARTED relay run with no database session for this long is reported failed and replaced.
-    dead_after_seconds: float = Field(30.0, alias="AETHER_RELAY_DEAD_AFTER_SECONDS", gt=0)
+    dead_after_seconds: float = Field(30.0, alias="AETHER_RELAY_DEAD_AFTER_SECONDS", gt=0, description=(
+        "A started relay run with no database session this long is reported failed and replaced."))
     # The asset check oldest_pending_is_young fails past this age of the oldest pending event.
-    max_pending_age_seconds: float = Field(60.0, alias="AETHER_OUTBOX_MAX_PENDING_AGE_SECONDS", gt=0)
+    max_pending_age_seconds: float = Field(60.0, alias="AETHER_OUTBOX_MAX_PENDING_AGE_SECONDS", gt=0, description=(
+        "The outbox asset check fails when the oldest pending event is older than this."))
     # Upper bound on how long a batch waits for its delivery reports before the rows count as a
     # transient failure and back off. Long on purpose: until it expires, librdkafka retries the
     # same records with the same idempotent sequence numbers, so a broker outage shorter than
     # this ends with no duplicate on the topic. Past it, records are re-sent as new ones, and a
     # record the broker had written without acknowledging appears twice (same event id).
-    message_timeout_ms: int = Field(300_000, alias="AETHER_RELAY_MESSAGE_TIMEOUT_MS")
+    message_timeout_ms: int = Field(300_000, alias="AETHER_RELAY_MESSAGE_TIMEOUT_MS", description=(
+        "How long a batch waits for its delivery reports before its rows count as a transient failure."))
     # Wait before reconnecting after the database connection is lost (restart, failover).
-    reconnect_seconds: float = Field(1.0, alias="AETHER_RELAY_RECONNECT_SECONDS")
-    retry_backoff_seconds: float = Field(1.0, alias="AETHER_RELAY_RETRY_BACKOFF_SECONDS")
-    retry_backoff_cap_seconds: float = Field(300.0, alias="AETHER_RELAY_RETRY_BACKOFF_CAP_SECONDS")
-    transient_backoff_seconds: float = Field(0.5, alias="AETHER_RELAY_TRANSIENT_BACKOFF_SECONDS")
-    transient_backoff_cap_seconds: float = Field(30.0, alias="AETHER_RELAY_TRANSIENT_BACKOFF_CAP_SECONDS")
-    heartbeat_seconds: float = Field(2.0, alias="AETHER_RELAY_HEARTBEAT_SECONDS")
-    observe_seconds: float = Field(10.0, alias="AETHER_RELAY_OBSERVE_SECONDS")
+    reconnect_seconds: float = Field(1.0, alias="AETHER_RELAY_RECONNECT_SECONDS", description=(
+        "Wait before reconnecting after the database connection is lost."))
+    retry_backoff_seconds: float = Field(1.0, alias="AETHER_RELAY_RETRY_BACKOFF_SECONDS", description=(
+        "First wait before retrying an event the broker rejected; it grows with each attempt."))
+    retry_backoff_cap_seconds: float = Field(300.0, alias="AETHER_RELAY_RETRY_BACKOFF_CAP_SECONDS", description=(
+        "Longest wait between two attempts of a rejected event."))
+    transient_backoff_seconds: float = Field(0.5, alias="AETHER_RELAY_TRANSIENT_BACKOFF_SECONDS", description=(
+        "First wait after a transient failure (broker away, timeout); it grows while they last."))
+    transient_backoff_cap_seconds: float = Field(30.0, alias="AETHER_RELAY_TRANSIENT_BACKOFF_CAP_SECONDS", description=(
+        "Longest wait after transient failures."))
+    heartbeat_seconds: float = Field(2.0, alias="AETHER_RELAY_HEARTBEAT_SECONDS", description=(
+        "Interval of the relay's heartbeat (the SLO's heartbeat age)."))
+    observe_seconds: float = Field(10.0, alias="AETHER_RELAY_OBSERVE_SECONDS", description=(
+        "Interval at which a relay run reports outbox statistics to Dagster."))
     # A streaming relay past its lifetime keeps leading until a successor waits for the lock,
     # but no longer than this, so that a missing successor cannot keep it alive for ever.
-    handover_grace_seconds: float = Field(120.0, alias="AETHER_RELAY_HANDOVER_GRACE_SECONDS")
-    linger_ms: int = Field(5, alias="AETHER_RELAY_LINGER_MS")
+    handover_grace_seconds: float = Field(120.0, alias="AETHER_RELAY_HANDOVER_GRACE_SECONDS", description=(
+        "Longest a streaming relay past its lifetime keeps leading while no successor waits."))
+    linger_ms: int = Field(5, alias="AETHER_RELAY_LINGER_MS", description=(
+        "The producer's linger.ms: how long it gathers records into one request."))
     # Streaming mode claims again at once while batches come back full. After a partial batch
     # (events flowing, outbox drained) it claims again after idle_poll_seconds; after each EMPTY
     # claim the wait doubles, up to idle_poll_max_seconds, and the first claim that finds a row
@@ -226,12 +243,13 @@ class RelaySettings(BaseSettings):
     # on a loaded 2-core box; the broker's and consumers' share comes on top): 0.10 cores at
     # 20 ms, 0.16 at 10 ms, 0.22 at 5 ms, with p50 13.3, 8.4 and 5.3 ms (loaded, so only the
     # differences mean much). 10 ms takes most of the latency gain for a modest share of CPU.
-    idle_poll_seconds: float = Field(0.01, alias="AETHER_RELAY_IDLE_POLL_SECONDS")
+    idle_poll_seconds: float = Field(0.01, alias="AETHER_RELAY_IDLE_POLL_SECONDS", description=(
+        "Least interval between two claims of a streaming relay while batches come back short."))
     # The longest wait between claims of an idle relay, and so the extra latency of the first
     # event after a quiet spell. At 0.1 s an idle relay makes ~10 empty claims/s instead of 50 at a
     # fixed 20 ms: measured 3.2 % of a core before (relay + its database session), see
     # BENCHMARKS.md's relay_idle section for after.
-    idle_poll_max_seconds: float = Field(0.1, alias="AETHER_RELAY_IDLE_POLL_MAX_SECONDS")
+    idle_poll_max_seconds: float = Field(0.1, alias="AETHER_RELAY_IDLE_POLL_MAX_SECONDS", description="Longest wait between claims of an idle relay: the extra latency of the first event after a quiet spell.")
 
 
 class RelayConfig(RelaySettings):
