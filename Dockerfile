@@ -10,11 +10,14 @@ FROM python:3.11.14-slim-bookworm AS builder
 WORKDIR /src
 # Every pinned dependency ships binary wheels for CPython 3.11 on glibc (libpq inside psycopg[binary],
 # librdkafka inside confluent-kafka), so the builder needs no compiler.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements-image.lock ./
 COPY aether_platform ./aether_platform
 COPY api ./api
 COPY dashboards_py ./dashboards_py
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# Every dependency at the version and hash of requirements-image.lock (`make lock`), not whatever
+# the index serves on the day of the build; then the project itself, resolving nothing more.
+RUN pip wheel --no-cache-dir --require-hashes --wheel-dir /wheels -r requirements-image.lock \
+ && pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.11.14-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -10,7 +10,7 @@ STACK_PROFILE := $(if $(PROFILE),--profile $(PROFILE))
 # The production profile also runs the local OpenID Provider, which bootstrap installs with --oidc.
 BOOTSTRAP_PROFILE := $(if $(filter production,$(PROFILE)),--oidc)
 
-.PHONY: help bootstrap run up down status env test bench dashboards settings-doc clean
+.PHONY: help bootstrap run up down status env test bench dashboards settings-doc lock clean
 
 help:
 	@echo "make run    - install what is missing, start the whole platform in the foreground (Ctrl-C stops it)"
@@ -52,6 +52,19 @@ bench:
 
 dashboards: bootstrap
 	@$(PY) -m dashboards_py
+
+# The whole dependency tree, pinned with hashes, from pyproject.toml: requirements.lock (with the
+# test extra; bootstrap installs .venv from it) and requirements-image.lock (runtime only, the same
+# versions; the Dockerfile installs from it). Run it after changing a dependency; the suite fails
+# while the locks and pyproject.toml disagree. uv keeps every version already locked unless
+# pyproject.toml needs another, so re-running it changes only what changed.
+UV_VERSION := 0.13.8
+LOCK_ARGS := --universal --python-version 3.11 --generate-hashes --custom-compile-command "make lock" --quiet
+lock:
+	@[ -x $(PY) ] || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q "uv==$(UV_VERSION)"
+	$(VENV)/bin/uv pip compile pyproject.toml --extra test $(LOCK_ARGS) -o requirements.lock
+	$(VENV)/bin/uv pip compile pyproject.toml -c requirements.lock $(LOCK_ARGS) -o requirements-image.lock
 
 # docs/settings.md from the settings models; the suite fails when it is stale.
 settings-doc: bootstrap

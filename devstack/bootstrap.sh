@@ -55,9 +55,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; created_policy=1; fi
     trap '[ "$created_policy" = 1 ] && rm -f "$policy"' EXIT
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q >/tmp/aether-apt.log 2>&1 || { echo "[bootstrap] apt-get update failed; log: /tmp/aether-apt.log"; exit 1; }
-    apt-get install -y -q --no-install-recommends "${missing[@]}" >>/tmp/aether-apt.log 2>&1 \
-      || { echo "[bootstrap] apt-get install failed; log: /tmp/aether-apt.log"; exit 1; }
+    # apt's own output, on the terminal: it says how much it will fetch, counts the downloads
+    # (Get:N) and, on a terminal, draws dpkg's progress bar. Minutes of silence looked like a hang.
+    apt-get update || { echo "[bootstrap] apt-get update failed (output above)"; exit 1; }
+    apt-get install -y --no-install-recommends -o Dpkg::Progress-Fancy=1 "${missing[@]}" \
+      || { echo "[bootstrap] apt-get install failed (output above)"; exit 1; }
     # Debian's postgresql package creates and starts a `main` cluster on 5432; ours is separate.
   else
     echo "[bootstrap] missing: ${missing[*]}"
@@ -72,14 +74,20 @@ import sys
 sys.exit(0 if sys.version_info >= (3, 11) else 1)
 PY
 
-stamp_src=$(cat pyproject.toml | sha1sum | cut -c1-12)
+# requirements.lock pins the whole dependency tree with hashes (`make lock` writes it from
+# pyproject.toml); the project itself then goes in editable, without resolving anything more.
+stamp_src=$(cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
 stamp=".venv/.installed-$stamp_src"
 if [ ! -f "$stamp" ]; then
   [ -x .venv/bin/python ] || { echo "[bootstrap] creating .venv"; python3 -m venv .venv; }
-  echo "[bootstrap] installing pinned Python dependencies into .venv (log: .venv/pip.log)"
-  .venv/bin/python -m pip install -q --upgrade pip >.venv/pip.log 2>&1 || true
-  if ! .venv/bin/python -m pip install -e '.[test]' >>.venv/pip.log 2>&1; then
-    echo "[bootstrap] pip install failed; log: .venv/pip.log"; tail -20 .venv/pip.log; exit 1
+  echo "[bootstrap] installing the locked Python dependencies into .venv (requirements.lock)"
+  .venv/bin/python -m pip install -q --upgrade pip || true
+  # pip's own progress bars and per-package lines, on the terminal.
+  if ! .venv/bin/python -m pip install --progress-bar on --require-hashes -r requirements.lock; then
+    echo "[bootstrap] pip install failed (output above). If pyproject.toml changed, run \`make lock\`."; exit 1
+  fi
+  if ! .venv/bin/python -m pip install -q --no-deps -e .; then
+    echo "[bootstrap] installing the project into .venv failed (output above)"; exit 1
   fi
   rm -f .venv/.installed-*
   touch "$stamp"
