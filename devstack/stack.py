@@ -535,15 +535,65 @@ def kafka_libs() -> Path:
     say(f"kafka: fetching Apache Kafka {kafka_version()} jars from Maven Central into {libs} (first run only)")
     log = cache / "mvn.log"
     cache.mkdir(parents=True, exist_ok=True)
-    with open(log, "wb") as out:
-        r = subprocess.run([mvn, "-B", "-q", "-f", str(pom), "dependency:copy-dependencies",
-                            "-DincludeScope=runtime", f"-DoutputDirectory={tmp}"], stdout=out, stderr=subprocess.STDOUT)
-    if r.returncode != 0:
-        raise StackError(f"kafka: `mvn dependency:copy-dependencies` failed. Log: {log}")
+    rc = run_with_download_progress("kafka: fetching jars", [
+        mvn, "-B", "-f", str(pom), "dependency:copy-dependencies", "-DincludeScope=runtime",
+        f"-DoutputDirectory={tmp}"], log)
+    if rc != 0:
+        raise StackError(f"kafka: `mvn dependency:copy-dependencies` failed. Log: {log}{log_tail(log)}")
     (tmp / ".complete").write_text(kafka_version())
     shutil.rmtree(libs, ignore_errors=True)
     tmp.rename(libs)
     return libs
+
+
+_MAVEN_DOWNLOADED = re.compile(r"Downloaded from \S+: (\S+) \(([\d.,]+) (B|kB|KB|MB|GB)")
+_UNITS = {"B": 1, "kB": 1e3, "KB": 1e3, "MB": 1e6, "GB": 1e9}
+
+
+def maven_download(line: str) -> tuple[str, float] | None:
+    """(file name, bytes) of a Maven "Downloaded from" line, else None."""
+    m = _MAVEN_DOWNLOADED.search(line)
+    if not m:
+        return None
+    return m.group(1).rsplit("/", 1)[-1], float(m.group(2).replace(",", "")) * _UNITS[m.group(3)]
+
+
+def run_with_download_progress(label: str, argv: list[str], log: Path, report_every: float = 10.0) -> int:
+    """Run Maven with its output in `log`, showing what it fetches: on a terminal a rich progress
+    line (files, megabytes, the current file, elapsed time), elsewhere a plain line every few
+    seconds. Maven knows no total before it resolves, so this is a counter, not a percentage."""
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    console = Console(file=sys.stdout)
+    files, size, last_report, t0 = 0, 0.0, time.monotonic(), time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            text=True, errors="replace")
+    try:
+        with open(log, "w") as out, Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                                              console=console, transient=True,
+                                              disable=not console.is_terminal) as progress:
+            task = progress.add_task(label)
+            for line in proc.stdout:
+                out.write(line)
+                got = maven_download(line)
+                if got is None:
+                    continue
+                files += 1
+                size += got[1]
+                status = f"{label}: {files} files, {size / 1e6:.1f} MB"
+                progress.update(task, description=f"{status} ({got[0]})")
+                if not console.is_terminal and time.monotonic() - last_report >= report_every:
+                    say(f"{status} … {time.monotonic() - t0:.0f}s")
+                    last_report = time.monotonic()
+        rc = proc.wait()
+    finally:
+        if proc.poll() is None:  # interrupted: Maven must not keep writing into the cache
+            proc.terminate()
+            proc.wait()
+    if files:
+        say(f"{label}: {files} files, {size / 1e6:.1f} MB in {time.monotonic() - t0:.0f}s")
+    return rc
 
 
 def _java() -> str:
