@@ -19,6 +19,8 @@ help:
 	@echo "make env    - print export lines for the running stack"
 	@echo "make test   - install and start what the tests need, run the whole suite"
 	@echo "make bench  - run every benchmark and rewrite BENCHMARKS.md"
+	@echo "make lock   - re-pin the whole dependency tree (requirements*.lock) after changing pyproject.toml"
+	@echo "make settings-doc - regenerate docs/settings.md from the settings models"
 
 bootstrap:
 	@devstack/bootstrap.sh $(BOOTSTRAP_PROFILE)
