@@ -127,6 +127,9 @@ def explain(exc: BaseException) -> str | None:
         return f"no such file: {exc.filename or _first_line(exc)}"
     if isinstance(exc, PermissionError):
         return f"permission denied: {exc.filename or _first_line(exc)}"
+    if isinstance(exc, TimeoutError):
+        return (f"timed out waiting for a server: {_first_line(exc)}. Is it running? "
+                "`aether stack status` shows the local stack")
     if isinstance(exc, ConnectionError):
         return f"connection failed: {_first_line(exc)}. Is the server running? `aether stack status` shows the stack"
     return None
@@ -390,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print(f"aether {args.command}: interrupted", file=sys.stderr, flush=True)
+        hint = "; `make down` stops what has started" if args.command == "stack" else ""
+        print(f"aether {args.command}: interrupted{hint}", file=sys.stderr, flush=True)
         return 130
     except Exception as exc:
         if args.debug:
