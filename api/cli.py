@@ -269,13 +269,16 @@ def _bench(args) -> int:
     # bench/ lives in the checkout, not in the installed package: run it from there.
     if not (REPO / "bench").is_dir():
         raise _checkout_missing("bench")
+    known = sorted(p.stem for p in (REPO / "bench").glob("*.py") if not p.stem.startswith("_") and p.stem != "report")
     if args.list:
         if args.names:
             print("aether bench: --list lists every benchmark; it takes no names", file=sys.stderr)
             return 2
-        print("\n".join(sorted(p.stem for p in (REPO / "bench").glob("*.py")
-                               if not p.stem.startswith("_") and p.stem != "report")))
+        print("\n".join(known))
         return 0
+    unknown = [n for n in args.names if n not in known]
+    if unknown:  # before running anything: a run rewrites BENCHMARKS.md
+        raise CliError(f"no benchmark named {', '.join(unknown)}; `aether bench --list` lists them")
     return subprocess.call([sys.executable, "-m", "bench", *args.names], cwd=REPO)
 
 

@@ -10,6 +10,7 @@ import pytest
 from api.cli import explain
 from aether_platform.db_url import libpq_url
 from tests.cli.test_cli import _dead_lettered_event, _state, aether
+from tests.conftest import REPO
 
 DB_DOWN = {"DATABASE_URL": "postgresql://aether@127.0.0.1:1/crm"}
 KAFKA_DOWN = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
@@ -82,3 +83,10 @@ def test_requeue_all_needs_yes(db, database_url):
     line = one_line(aether("outbox", "requeue", "--all", env={"DATABASE_URL": database_url}))
     assert "--yes" in line
     assert _state(db, event_id) == (True, 5)
+
+
+def test_an_unknown_benchmark_is_refused_before_anything_runs():
+    before = (REPO / "BENCHMARKS.md").read_text()
+    line = one_line(aether("bench", "no_such_benchmark"))
+    assert "no benchmark named no_such_benchmark" in line and "--list" in line
+    assert (REPO / "BENCHMARKS.md").read_text() == before
