@@ -228,15 +228,18 @@ def log_tail(log: Path | None, lines: int = 20) -> str:
         return ""
     try:
         with open(log, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 64 * 1024))
+            start = max(0, f.seek(0, os.SEEK_END) - 64 * 1024)
+            f.seek(start)
             text = f.read().decode(errors="replace")
     except OSError:
         return ""
-    # _spawn marks each start; older runs' lines would only mislead.
-    text = text.rsplit("\n==== ", 1)[-1] if "\n==== " in text else text
-    tail = [line for line in text.splitlines()[1:] if line.strip()][-lines:]
-    return "".join(f"\n    | {line}" for line in tail) if tail else ""
+    if start:
+        text = text.split("\n", 1)[-1]  # the first line read is likely cut
+    # _spawn marks each start with a "==== … starting:" line; older runs' lines would only mislead.
+    if "==== " in text:
+        text = text.rsplit("==== ", 1)[-1].split("\n", 1)[-1]
+    tail = [line for line in text.splitlines() if line.strip()][-lines:]
+    return "".join(f"\n    | {line}" for line in tail)
 
 
 def _log_hint(log: Path | None) -> str:
@@ -457,7 +460,8 @@ def start_postgres(cfg: Config) -> None:
         r = subprocess.run(_as_pg_user([_pg_bin("pg_ctl"), "start", "-D", str(data), "-l", str(log),
                                         "-o", opts, "-w", "-t", "60"]), capture_output=True, text=True)
         if r.returncode != 0:
-            raise StackError(f"postgres: pg_ctl start failed ({r.stdout.strip()} {r.stderr.strip()}). Log: {log}")
+            raise StackError(f"postgres: pg_ctl start failed ({r.stdout.strip()} {r.stderr.strip()}). "
+                             f"Log: {log}{log_tail(log)}")
     wait_until("postgres", "pg_isready", lambda: _pg_isready(cfg), 60, cfg.log("postgres"))
     for db in ("crm", "dagster"):
         _create_database(cfg, db)
@@ -726,7 +730,7 @@ def migrate(cfg: Config) -> None:
         log = cfg.log("migrations")
         cfg.logs.mkdir(parents=True, exist_ok=True)
         log.write_text(r.stdout + r.stderr)
-        raise StackError(f"migrations: alembic upgrade head failed. Log: {log}")
+        raise StackError(f"migrations: alembic upgrade head failed. Log: {log}{log_tail(log)}")
     say("migrations: at head")
 
 

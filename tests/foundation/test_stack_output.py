@@ -1,6 +1,9 @@
-"""The first Kafka fetch shows what Maven downloads (a counter of files and megabytes), instead of
-minutes of silence. Maven's own lines come from a real process printing them, so the display is
-tested without a network fetch; the lines are Maven 3's batch-mode format."""
+"""What the stack shows on the terminal during long or failing steps.
+
+The first Kafka fetch shows what Maven downloads (a counter of files and megabytes) instead of
+minutes of silence; Maven's lines come from a real process printing them, in Maven 3's batch-mode
+format, so the display is tested without a network fetch. A failed start quotes the last lines of
+that start's log."""
 from __future__ import annotations
 
 import sys
@@ -39,3 +42,12 @@ def test_progress_counts_files_and_keeps_the_log(tmp_path, capsys):
 def test_a_failing_fetch_returns_its_exit_code(tmp_path):
     rc = stack.run_with_download_progress("x", [sys.executable, "-c", "import sys; sys.exit(3)"], tmp_path / "l")
     assert rc == 3
+
+
+def test_log_tail_quotes_only_this_start(tmp_path):
+    log = tmp_path / "api.log"
+    log.write_text("old crash\n\n==== 2026-01-01 00:00:00 starting: uvicorn\nline 1\nValueError: bad\n")
+    assert stack.log_tail(log) == "\n    | line 1\n    | ValueError: bad"
+    log.write_text("".join(f"line {i}\n" for i in range(30)))
+    assert stack.log_tail(log, lines=2) == "\n    | line 28\n    | line 29"
+    assert stack.log_tail(tmp_path / "missing.log") == ""
