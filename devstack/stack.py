@@ -115,7 +115,10 @@ class Config:
     def dagster_pg_url(self) -> str:
         from aether_platform.db_url import with_database
 
-        url = os.environ.get("DAGSTER_PG_URL") or with_database(self.database_url, "dagster")
+        # An override only beside an external server: `make env` exports the stack's own value,
+        # which must not pin a later stack (another AETHER_PG_PORT) to this one's database.
+        override = os.environ.get("DAGSTER_PG_URL") if self.external_database_url else None
+        url = override or with_database(self.database_url, "dagster")
         # dagster-postgres is written for psycopg2, but SQLAlchemy 2.1 picks psycopg 3 for a bare
         # postgresql:// URL, and psycopg 3's server-side binding breaks Dagster's
         # `NOTIFY run_events, %(id)s`: runs then never start. Name the driver explicitly.

@@ -19,6 +19,32 @@ def make(env: dict[str, str], script: str, timeout: float = 300) -> subprocess.C
                           timeout=timeout)
 
 
+def test_exported_client_variables_never_switch_the_stack(monkeypatch):
+    """What `make env` printed for one stack, still in the shell when another is configured
+    (another port): the stack uses its own servers, and only the explicit switches change that."""
+    from devstack import stack
+
+    for name, value in {"DATABASE_URL": "postgresql://aether@127.0.0.1:55432/crm",
+                        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092",
+                        "DAGSTER_PG_URL": "postgresql+psycopg2://aether@127.0.0.1:55432/dagster",
+                        "AETHER_PG_PORT": "56000", "AETHER_KAFKA_PORT": "9500"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AETHER_EXTERNAL_DATABASE_URL", raising=False)
+    monkeypatch.delenv("AETHER_EXTERNAL_KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    cfg = stack.Config()
+    assert cfg.external_database_url is None and cfg.external_kafka is None
+    assert cfg.database_url == "postgresql://aether@127.0.0.1:56000/crm"
+    assert cfg.kafka_bootstrap == "127.0.0.1:9500"
+    assert cfg.dagster_pg_url == "postgresql+psycopg2://aether@127.0.0.1:56000/dagster"
+    assert not any(v.startswith("external") for v in stack.status(cfg).values())
+
+    monkeypatch.setenv("AETHER_EXTERNAL_DATABASE_URL", "postgresql://app@db.internal:5432/crm")
+    monkeypatch.setenv("AETHER_EXTERNAL_KAFKA_BOOTSTRAP_SERVERS", "broker1:9092")
+    cfg = stack.Config()
+    assert cfg.database_url == "postgresql://app@db.internal:5432/crm" and cfg.kafka_bootstrap == "broker1:9092"
+    assert cfg.dagster_pg_url == "postgresql+psycopg2://aether@127.0.0.1:55432/dagster"  # the override, beside it
+
+
 def test_make_env_prints_only_exports(state_dir):  # noqa: F811 - the fixture imported above
     env = _isolated_env(state_dir)
     r = make(env, "make -s env")
