@@ -15,8 +15,9 @@ COPY aether_platform ./aether_platform
 COPY api ./api
 COPY dashboards_py ./dashboards_py
 # Every dependency at the version and hash of requirements-image.lock (`make lock`), not whatever
-# the index serves on the day of the build; then the project itself, resolving nothing more.
-RUN pip wheel --no-cache-dir --require-hashes --wheel-dir /wheels -r requirements-image.lock \
+# the index serves on the day of the build (--no-deps: the lock is the whole tree); then the project
+# itself, resolving nothing more.
+RUN pip wheel --no-cache-dir --require-hashes --no-deps --wheel-dir /wheels -r requirements-image.lock \
  && pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.11.14-slim-bookworm

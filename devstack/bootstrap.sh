@@ -83,7 +83,9 @@ if [ ! -f "$stamp" ]; then
   echo "[bootstrap] installing the locked Python dependencies into .venv (requirements.lock)"
   .venv/bin/python -m pip install -q --upgrade pip || true
   # pip's own progress bars and per-package lines, on the terminal.
-  if ! .venv/bin/python -m pip install --progress-bar on --require-hashes -r requirements.lock; then
+  # --no-deps: the lock is the whole tree already (and pip's hash mode trips over extras such as
+  # gql[requests] when it resolves transitive requirements itself).
+  if ! .venv/bin/python -m pip install --progress-bar on --require-hashes --no-deps -r requirements.lock; then
     echo "[bootstrap] pip install failed (output above). If pyproject.toml changed, run \`make lock\`."; exit 1
   fi
   if ! .venv/bin/python -m pip install -q --no-deps -e .; then

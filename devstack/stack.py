@@ -3,7 +3,8 @@ own processes (API, Dagster webserver and daemon), started and stopped by the pr
 
 Every piece is a process we start detached, with a pid file and a log under the state directory
 (`.stack/` by default, git-ignored). `up` is idempotent: what already answers is left alone.
-Waiting shows progress, and a timeout names the piece that failed and the path of its log.
+Waiting shows progress, and a failure names the piece, the path of its log and quotes the
+log's last lines. In the foreground (`make run`) Ctrl-C stops what has started at any moment.
 
 Using your own server is an explicit switch: with AETHER_EXTERNAL_DATABASE_URL or
 AETHER_EXTERNAL_KAFKA_BOOTSTRAP_SERVERS set, that server is used and none is started. The plain
