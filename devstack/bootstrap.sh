@@ -91,6 +91,10 @@ if [ ! -f "$stamp" ]; then
   if ! .venv/bin/python -m pip install -q --no-deps -e .; then
     echo "[bootstrap] installing the project into .venv failed (output above)"; exit 1
   fi
+  # Every requirement of the project and of each locked package is met, or the lock is stale.
+  if ! .venv/bin/python -m pip check; then
+    echo "[bootstrap] requirements.lock does not satisfy pyproject.toml (above): run \`make lock\`"; exit 1
+  fi
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
