@@ -90,11 +90,16 @@ class RetentionSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
     # None = off.
-    retention_seconds: int | None = Field(DEFAULT_RETENTION_SECONDS, alias="AETHER_OUTBOX_RETENTION_SECONDS")
-    slack_seconds: int = Field(3600, alias="AETHER_OUTBOX_RETENTION_SLACK_SECONDS")
-    batch_size: int = Field(5000, alias="AETHER_OUTBOX_RETENTION_BATCH_SIZE", gt=0)
-    max_seconds: float = Field(600.0, alias="AETHER_OUTBOX_RETENTION_MAX_SECONDS", gt=0)
-    vacuum: bool = Field(True, alias="AETHER_OUTBOX_RETENTION_VACUUM")
+    retention_seconds: int | None = Field(DEFAULT_RETENTION_SECONDS, alias="AETHER_OUTBOX_RETENTION_SECONDS", description=(
+        "How long a published outbox row is kept (the topic's retention); 0 or `off` keeps them all."))
+    slack_seconds: int = Field(3600, alias="AETHER_OUTBOX_RETENTION_SLACK_SECONDS", description=(
+        "How far behind retention may fall before the asset check fails."))
+    batch_size: int = Field(5000, alias="AETHER_OUTBOX_RETENTION_BATCH_SIZE", gt=0, description=(
+        "Rows deleted per batch."))
+    max_seconds: float = Field(600.0, alias="AETHER_OUTBOX_RETENTION_MAX_SECONDS", gt=0, description=(
+        "Time budget of one retention run; the next run continues."))
+    vacuum: bool = Field(True, alias="AETHER_OUTBOX_RETENTION_VACUUM", description=(
+        "A run that deleted rows ends with VACUUM (ANALYZE) of outbox_events, so the space is reused at once."))
 
     @field_validator("retention_seconds", mode="before")
     @classmethod

@@ -1,8 +1,8 @@
 """Writes docs/settings.md, the reference of every environment variable the project reads.
 
-Generated, so that it cannot drift: the `Settings` and `RelayConfig` fields give their variable,
-type, default and description; the variables read elsewhere (the local stack, the Dagster sensor,
-the benchmarks, a few process-level switches) are described in `ELSEWHERE` below. `--check` fails
+Generated, so that it cannot drift: the fields of the settings models give their variable,
+type, default and description; the variables read elsewhere (the local stack, the benchmarks,
+a few process-level switches) are described in `ELSEWHERE` below. `--check` fails
 when the committed file is stale, or when the source reads an `AETHER_*` variable documented
 nowhere; the test suite runs it, like the dashboards' check.
 
@@ -24,9 +24,8 @@ OUTPUT = REPO / "docs" / "settings.md"
 # Where variables are read; tests set variables but define none.
 SOURCES = ("aether_platform", "api", "devstack", "dashboards_py", "migrations", "bench")
 
-# Variables read outside the two settings models: (where, default, meaning). Most are the local
-# stack's or the benchmarks', which never run in production; the relay sensor's are re-read on
-# every evaluation (their tests change them between two calls, which a cached Settings would not see).
+# Variables read outside the settings models: (where, default, meaning). Most are the local
+# stack's or the benchmarks', which never run in production.
 ELSEWHERE: dict[str, tuple[str, str, str]] = {
     # the local stack (devstack/stack.py, `make run` / `aether stack`)
     "AETHER_STACK_DIR": ("devstack/stack.py", "`.stack` in the checkout",
@@ -48,6 +47,9 @@ ELSEWHERE: dict[str, tuple[str, str, str]] = {
     "AETHER_EXTERNAL_KAFKA_BOOTSTRAP_SERVERS": ("devstack/stack.py", "(unset)",
                                                 "Use this Kafka cluster instead of starting one."),
     "AETHER_EXTERNAL_WAIT_SECONDS": ("devstack/stack.py", "60", "How long `up` waits for an external server."),
+    "AETHER_PROFILE": ("devstack/stack.py", "development",
+                       "The local stack's profile: `development` (plaintext, auth off) or `production` "
+                       "(TLS, SASL_SSL Kafka, auth on); same as `--profile`."),
     # processes
     "AETHER_LOG_FORMAT": ("aether_platform/logs.py, api/cli.py", "text",
                           "Log lines on stderr as `text` or `json`."),
@@ -64,25 +66,15 @@ ELSEWHERE: dict[str, tuple[str, str, str]] = {
     "PROMETHEUS_URL": ("dashboards_py, tests", "http://127.0.0.1:9090", "The Prometheus that `make env` prints."),
     "GRAFANA_URL": ("dashboards_py", "(none)", "Grafana base URL for `aether dashboards push`."),
     "GRAFANA_TOKEN": ("dashboards_py", "(none)", "Grafana service-account token for `aether dashboards push`."),
-    # the relay sensor (aether_platform/dagster_defs/outbox.py)
-    "AETHER_RELAY_MODE": ("aether_platform/dagster_defs/outbox.py", "streaming",
-                          "`streaming`: one long relay run, handed over as it ages; `batch`: a run whenever "
-                          "an event is due."),
-    "AETHER_RELAY_LIFETIME_SECONDS": ("aether_platform/dagster_defs/outbox.py", "3600",
-                                      "Age at which a streaming relay run is handed over to a successor."),
-    "AETHER_RELAY_HANDOVER_LEAD_SECONDS": ("aether_platform/dagster_defs/outbox.py", "60",
-                                           "How long before that age the successor is launched."),
-    "AETHER_RELAY_DEAD_AFTER_SECONDS": ("aether_platform/dagster_defs/outbox.py", "30",
-                                        "A relay run with no database session this long is reported failed "
-                                        "and replaced."),
-    "AETHER_OUTBOX_MAX_PENDING_AGE_SECONDS": ("aether_platform/dagster_defs/outbox.py", "60",
-                                              "The outbox asset check fails when the oldest pending event is "
-                                              "older than this."),
     # benchmarks (bench/)
     "AETHER_BENCH_SECONDS": ("bench/", "15", "Measuring time per benchmark side."),
     "AETHER_BENCH_ROUNDS": ("bench/api_write.py", "5", "Alternating rounds of the API write benchmark."),
     "AETHER_BENCH_EVENTS": ("bench/relay_throughput.py", "1000000", "Outbox rows of the relay benchmark."),
     "AETHER_BENCH_LATENCY_SECONDS": ("bench/relay_latency.py", "20", "How long the relay latency benchmark writes."),
+    "AETHER_BENCH_GROWTH_ROWS": ("bench/outbox_growth.py", "1000000", "Outbox sizes measured, a comma list."),
+    "AETHER_BENCH_GROWTH_PARTITIONED_AT": ("bench/outbox_growth.py", "the first size from 1,000,000",
+                                           "The size at which the partitioned table is measured too."),
+    "AETHER_BENCH_SOAK_MINUTES": ("bench/soak.py", "3", "Length of the soak run."),
     "AETHER_BENCH_BROKER_WARM_UP_SECONDS": ("bench/e2e_latency.py", "30",
                                             "Load on a fresh broker before the end-to-end benchmark measures."),
 }
@@ -91,14 +83,17 @@ _VAR = re.compile(r"""["'](AETHER_[A-Z0-9_]*[A-Z0-9])["']""")
 
 
 def _models():
-    from aether_platform.relay import RelayConfig
+    from aether_platform.relay import RelaySettings
+    from aether_platform.retention import RetentionSettings
     from aether_platform.settings import Settings
 
     return [("Settings", "aether_platform/settings.py", Settings,
              "Read by every process (API, relay, CLI) through `get_settings()`."),
-            ("Relay", "aether_platform/relay.py", RelayConfig,
-             "The relay's tunables (`RelayConfig`); its connection, topic, batch size and retries come "
-             "from the settings above.")]
+            ("Relay", "aether_platform/relay.py", RelaySettings,
+             "The relay's and its Dagster sensor's settings (`RelaySettings`, also shown as the `relay` "
+             "resource in the Dagster UI); its connection and topic come from the settings above."),
+            ("Outbox retention", "aether_platform/retention.py", RetentionSettings,
+             "The scheduled deletion of published outbox rows (`RetentionSettings`).")]
 
 
 def _type(annotation) -> str:
@@ -156,12 +151,11 @@ def render() -> str:
         for name, f in model.model_fields.items():
             if not f.alias:
                 continue
-            out.append(f"| `{f.alias}` | {_type(f.annotation)} | {_cell(_default(f.default))} | "
+            out.append(f"| `{f.alias}` | {_cell(_type(f.annotation))} | {_cell(_default(f.default))} | "
                        f"{_cell(f.description or '')} |")
         out.append("")
     out += ["## Read elsewhere", "",
-            "The local stack's, the relay sensor's (re-read at every evaluation), the benchmarks' and a few",
-            "process-level switches.", "",
+            "The local stack's, the benchmarks' and a few process-level switches.", "",
             "| variable | read in | default | meaning |", "|---|---|---|---|"]
     for name, (where, default, meaning) in ELSEWHERE.items():
         out.append(f"| `{name}` | `{where}` | {_cell(default)} | {_cell(meaning)} |")
