@@ -165,7 +165,8 @@ class Config:
         from aether_platform.kafka_client import env_names
 
         if self.external_kafka:
-            return {k: os.environ.get(k, "") for k in env_names()}
+            # The cluster is the explicit switch's; its TLS/SASL settings are the caller's KAFKA_*.
+            return {**{k: os.environ.get(k, "") for k in env_names()}, "KAFKA_BOOTSTRAP_SERVERS": self.external_kafka}
         own = {k: "" for k in env_names()}
         own["KAFKA_BOOTSTRAP_SERVERS"] = self.kafka_bootstrap
         if self.production:
