@@ -264,8 +264,8 @@ class ThrowawayKafka:
         self.env = {**{k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"},
                     "AETHER_STACK_DIR": str(self.state_dir), "AETHER_KAFKA_PORT": "0",
                     "AETHER_KAFKA_CONTROLLER_PORT": "0",
-                    # Set, so that `stack up` starts no PostgreSQL of its own.
-                    "DATABASE_URL": BASE_ENV["DATABASE_URL"]}
+                    # Set, so that the stack never starts or stops a PostgreSQL of its own.
+                    "AETHER_EXTERNAL_DATABASE_URL": BASE_ENV["DATABASE_URL"]}
         self.bootstrap = ""
 
     def up(self) -> None:
