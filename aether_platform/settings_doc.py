@@ -53,6 +53,7 @@ ELSEWHERE: dict[str, tuple[str, str, str]] = {
     # processes
     "AETHER_LOG_FORMAT": ("aether_platform/logs.py, api/cli.py", "text",
                           "Log lines on stderr as `text` or `json`."),
+    "AETHER_LOG_LEVEL": ("aether_platform/logs.py", "INFO", "Least level of the log lines written."),
     "AETHER_ALEMBIC_QUIET": ("migrations/env.py", "(unset)",
                              "Set by the CLI and the stack: Alembic leaves the caller's logging alone."),
     "AETHER_GRAFANA_DASHBOARDS": ("dashboards_py/provisioning.py", "(none)",
@@ -75,6 +76,13 @@ ELSEWHERE: dict[str, tuple[str, str, str]] = {
     "AETHER_BENCH_GROWTH_PARTITIONED_AT": ("bench/outbox_growth.py", "the first size from 1,000,000",
                                            "The size at which the partitioned table is measured too."),
     "AETHER_BENCH_SOAK_MINUTES": ("bench/soak.py", "3", "Length of the soak run."),
+    "AETHER_BENCH_REPEATS": ("bench/__main__.py", "3", "Interleaved rounds per benchmark; the report takes medians."),
+    "AETHER_BENCH_OUT": ("bench/__main__.py, bench/report.py", "bench/results",
+                         "Set by `python -m bench` for each benchmark: where its results go."),
+    "AETHER_BENCH_PGBENCH_CLIENTS": ("bench/api_write.py", "10,25,50,100", "pgbench client counts of the baseline."),
+    "AETHER_BENCH_IDLE_SECONDS": ("bench/relay_idle.py", "60", "How long the idle relay's CPU is measured."),
+    "AETHER_BENCH_API_CAPACITY": ("bench/report.py", "(measured)", "The API capacity that load levels are judged against, "
+                                  "when not measured in the run."),
     "AETHER_BENCH_BROKER_WARM_UP_SECONDS": ("bench/e2e_latency.py", "30",
                                             "Load on a fresh broker before the end-to-end benchmark measures."),
 }
