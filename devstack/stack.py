@@ -231,14 +231,9 @@ def log_tail(log: Path | None, lines: int = 20) -> str:
     be on screen, not only behind a path. Empty when there is no log."""
     if log is None:
         return ""
-    try:
-        with open(log, "rb") as f:
-            start = max(0, f.seek(0, os.SEEK_END) - 64 * 1024)
-            f.seek(start)
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return ""
-    if start:
+    size = 64 * 1024
+    text = _log_tail(log, size)
+    if len(text) >= size:
         text = text.split("\n", 1)[-1]  # the first line read is likely cut
     # _spawn marks each start with a "==== … starting:" line; older runs' lines would only mislead.
     if "==== " in text:
