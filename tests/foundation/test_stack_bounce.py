@@ -11,6 +11,7 @@ import psycopg
 import pytest
 from confluent_kafka.admin import AdminClient
 
+from tests.conftest import stack_exports
 from tests.foundation.test_stack import _isolated_env, aether, state_dir  # noqa: F401 - state_dir is a fixture
 
 pytestmark = pytest.mark.slow
@@ -45,8 +46,8 @@ def test_bounce_kafka_then_postgres_with_the_rest_running(state_dir):
     env = {**_isolated_env(state_dir), "AETHER_API_WORKERS": "1"}
     up = aether(env, "stack", "up", "--services", "infra,api")
     assert up.returncode == 0, up.stdout + up.stderr
-    exports = dict(line.removeprefix("export ").split("=", 1) for line in aether(env, "stack", "env").stdout.splitlines())
-    api = f"http://127.0.0.1:{env['AETHER_API_PORT']}"
+    exports = stack_exports(env)
+    api = exports["API_URL"]  # the ports are the stack's own pick (port 0)
     pids = {name: _pid(state_dir, name) for name in ("kafka", "prometheus", "api")}
     try:
         # `down --services kafka` stops Kafka and nothing else.
