@@ -292,7 +292,13 @@ def _spawn(cfg: Config, name: str, argv: list[str], env: dict[str, str] | None =
     cfg.logs.mkdir(parents=True, exist_ok=True)
     cfg.pids.mkdir(parents=True, exist_ok=True)
     log = open(cfg.log(name), "ab")
-    log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(argv)}\n".encode())
+    marker = f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(argv)}"
+    if cfg.production:  # every line of the profile's logs is JSON; log_tail still finds "==== "
+        import json
+
+        marker = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "level": "info",
+                             "logger": "aether.stack", "message": marker})
+    log.write(f"\n{marker}\n".encode())
     log.flush()
     # A new session: Ctrl-C in the terminal reaches only the stack command, which then stops
     # each piece in order; `down` can signal the whole process group (uvicorn workers, the
@@ -448,23 +454,42 @@ def start_postgres(cfg: Config) -> None:
             sock.mkdir()
             if os.geteuid() == 0:
                 shutil.chown(sock, "postgres", "postgres")
-        # pg_ctl writes the server log itself, as the postgres user: give it a file it can write.
-        log.touch()
-        if os.geteuid() == 0:
-            shutil.chown(log, "postgres", "postgres")
         opts = (f"-p {cfg.pg_port} -c listen_addresses=127.0.0.1 -k {sock} -c max_connections=200"
                 " -c shared_buffers=256MB -c fsync=on")
+        boot = log
         if cfg.production:
-            opts += _pg_tls_options(cfg)
+            opts += _pg_tls_options(cfg) + _pg_json_log_options(cfg)
+            # pg_ctl's own file gets only what is said before the collector runs (its plain
+            # "redirecting log output" line, a bind or config error): outside the JSON logs dir.
+            boot, log = _pg_dir(cfg) / "boot.log", _pg_log(cfg)
+        # pg_ctl and the collector write the server log as the postgres user: give them files it can write.
+        for f in {boot, log, cfg.log("postgres")}:
+            f.touch()
+            if os.geteuid() == 0:
+                shutil.chown(f, "postgres", "postgres")
         say(f"postgres: starting on 127.0.0.1:{cfg.pg_port} (log: {log})")
-        r = subprocess.run(_as_pg_user([_pg_bin("pg_ctl"), "start", "-D", str(data), "-l", str(log),
+        r = subprocess.run(_as_pg_user([_pg_bin("pg_ctl"), "start", "-D", str(data), "-l", str(boot),
                                         "-o", opts, "-w", "-t", "60"]), capture_output=True, text=True)
         if r.returncode != 0:
+            tails = log_tail(boot) + (log_tail(log) if log != boot else "")
             raise StackError(f"postgres: pg_ctl start failed ({r.stdout.strip()} {r.stderr.strip()}). "
-                             f"Log: {log}{log_tail(log)}")
-    wait_until("postgres", "pg_isready", lambda: _pg_isready(cfg), 60, cfg.log("postgres"))
+                             f"Log: {log}{tails}")
+    wait_until("postgres", "pg_isready", lambda: _pg_isready(cfg), 60, _pg_log(cfg))
     for db in ("crm", "dagster"):
         _create_database(cfg, db)
+
+
+def _pg_log(cfg: Config) -> Path:
+    """The server log: in the production profile the collector's JSON-lines file (PostgreSQL
+    names a jsonlog file after log_filename with .json for .log)."""
+    return cfg.logs / "postgres.json" if cfg.production else cfg.log("postgres")
+
+
+def _pg_json_log_options(cfg: Config) -> str:
+    # One JSON object per line into the stack's logs dir, one file (no rotation). postgres.log
+    # beside it is the collector's catch-all for stderr that bypasses PostgreSQL's logging: empty.
+    return (f" -c logging_collector=on -c log_destination=jsonlog -c log_directory={cfg.logs}"
+            " -c log_filename=postgres.log -c log_rotation_age=0 -c log_rotation_size=0")
 
 
 def _wait_external_pg(cfg: Config) -> None:
@@ -648,7 +673,7 @@ def start_kafka(cfg: Config) -> None:
             format_args = _kafka_production_properties(cfg, props)
         cp = f"{libs}/*"
         jvm = [_java(), "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-               f"-Dlog4j2.configurationFile={HERE / 'kafka' / 'log4j2.properties'}",
+               f"-Dlog4j2.configurationFile={HERE / 'kafka' / _kafka_log_config(cfg)}",
                f"-Dkafka.logs.file={log}", "-cp", cp]
         if not (data / "meta.properties").exists():
             cluster_file = kdir / "cluster.id"
@@ -664,6 +689,12 @@ def start_kafka(cfg: Config) -> None:
         _spawn(cfg, "kafka", [*jvm, "kafka.Kafka", str(props)])
     wait_until("kafka", f"AdminClient metadata from {cfg.kafka_bootstrap}", lambda: _kafka_ready(cfg),
                120, log, alive=lambda: running(cfg, "kafka"))
+
+
+def _kafka_log_config(cfg: Config) -> str:
+    # The production profile's logs are JSON lines (log4j-core's JsonLayout; Kafka's own jars
+    # bring the jackson it needs); development keeps the readable pattern.
+    return "log4j2-json.properties" if cfg.production else "log4j2.properties"
 
 
 def kafka_cluster_id() -> str:
@@ -713,7 +744,8 @@ def start_prometheus(cfg: Config) -> None:
         say(f"prometheus: starting on {url} (log: {log})")
         _spawn(cfg, "prometheus", [binary, f"--config.file={conf}", f"--storage.tsdb.path={pdir / 'data'}",
                                    f"--web.listen-address=127.0.0.1:{cfg.prometheus_port}",
-                                   "--web.enable-lifecycle", f"--storage.tsdb.retention.time={_slo_retention()}"])
+                                   "--web.enable-lifecycle", f"--storage.tsdb.retention.time={_slo_retention()}",
+                                   *(["--log.format=json"] if cfg.production else [])])
     wait_until("prometheus", f"{url}/-/ready", lambda: _http_ok(f"{url}/-/ready"), 60, log,
                alive=lambda: running(cfg, "prometheus"))
 
@@ -1097,7 +1129,8 @@ def _start_on_ports(cfg: Config, name: str, start: Callable[[Config], None], att
             start(cfg)
             return
         except StackError as exc:
-            tail = _log_tail(cfg.log(name)).lower() + str(exc).lower()
+            log = _pg_log(cfg) if name == "postgres" else cfg.log(name)
+            tail = _log_tail(log).lower() + str(exc).lower()
             if attempt == attempts or not any(e in tail for e in _BIND_ERRORS):
                 raise
             say(f"{name}: its port was taken meanwhile; trying others")

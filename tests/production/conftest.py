@@ -10,7 +10,7 @@ What a test gets (`ProductionStack`):
     dict: SASL_SSL, SCRAM-SHA-512, password read from its file), env (every variable the
     platform processes got), token_file, operator_token, add_token(tenant) -> a new bearer token,
     oidc (the devstack.oidc OidcProvider, or None while it is not in the tree) with oidc_token(client_id)
-    for the clients of OIDC_CLIENTS (tenant ids in OIDC_TENANTS), state_dir, logs_dir,
+    for the clients of OIDC_CLIENTS (tenant ids in OIDC_TENANTS), issued_tokens, state_dir, logs_dir,
     stop_service(name) / start_service(name) for postgres, kafka, api, dagster-webserver,
     dagster-daemon, prometheus; start_service returns once the service is ready again.
 Tests that stop a service start it again before they end, so the stack is whole for the next one.
@@ -105,7 +105,14 @@ class ProductionStack:
         """A provider-issued JWT for one of OIDC_CLIENTS (operator, tenant-a, tenant-b)."""
         assert self.oidc is not None, "devstack/oidc.py is not in the tree"
         [client] = [c for c in OIDC_CLIENTS if c["client_id"] == client_id]
-        return self.oidc.token(client_id, client["client_secret"])
+        token = self.oidc.token(client_id, client["client_secret"])
+        self._added_tokens.append(token)
+        return token
+
+    @property
+    def issued_tokens(self) -> list[str]:
+        """Every bearer token the fixture handed out (add_token, oidc_token): none may reach a log."""
+        return list(self._added_tokens)
 
     def add_token(self, tenant: str, label: str = "test") -> str:
         """A new bearer token bound to `tenant` (a UUID, or "operator"); the API re-reads the file."""
@@ -154,6 +161,11 @@ def _start_oidc(state: Path) -> object | None:
                                                  "AETHER_AUTH_OIDC_AUDIENCE": provider.audience,
                                                  "AETHER_AUTH_OIDC_JWKS_URL": jwks_url}))
     return provider
+
+
+def pytest_collection_modifyitems(items):
+    """test_logs.py reads what every other test made the profile log: it runs last."""
+    items.sort(key=lambda item: item.path.name == "test_logs.py")
 
 
 @pytest.fixture(scope="session")
