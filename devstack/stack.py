@@ -14,7 +14,7 @@ the stack to external servers: after `eval "$(make -s env)"` the stack still run
 Two profiles (`--profile`, AETHER_PROFILE): `development` (plaintext, auth off) and `production`,
 the configuration of deploy/compose.yaml and the Helm values on this machine: TLS certificates made
 at setup with openssl, Kafka over SASL_SSL (SCRAM-SHA-512), PostgreSQL over TLS only with
-sslmode=verify-full clients, auth on, JSON logs. It lives in `<state dir>/production`, beside the
+sslmode=verify-full clients, auth on, JSON logs (every line of its logs dir, servers included). It lives in `<state dir>/production`, beside the
 development stack's state, so switching profiles never rewrites the other's data.
 """
 from __future__ import annotations
