@@ -195,11 +195,22 @@ def say(msg: str) -> None:
         print(f"[stack] {msg}", flush=True)
 
 
-def _dagster_log_format() -> list[str]:
-    """Dagster's own processes have their own switch; JSON when ours is."""
+def _dagster_log_format(cfg: Config) -> list[str]:
+    """Dagster's own processes have their own switch; JSON when ours is, and always in the
+    production profile (its processes log JSON whatever the launching shell's format)."""
     from aether_platform import logs
 
-    return ["--log-format", "json"] if logs.active_format() == "json" else []
+    return ["--log-format", "json"] if cfg.production or logs.active_format() == "json" else []
+
+
+def _dagster_cmd(cfg: Config, tool: str, main_module: str) -> list[str]:
+    """Dagster's `--log-format` covers its own loggers only; libraries it calls (its database
+    retries) log through the root logger, which then prints plain text. With JSON logs the tool
+    runs with our root handler installed first, so those lines are JSON too."""
+    if not _dagster_log_format(cfg):
+        return [_venv_bin(tool)]
+    return [sys.executable, "-c", f"from aether_platform import logs; logs.configure('json'); "
+                                  f"from {main_module} import main; main()"]
 
 
 def wait_until(name: str, what: str, check: Callable[[], bool], timeout: float, log: Path | None,
@@ -457,16 +468,25 @@ def start_postgres(cfg: Config) -> None:
         opts = (f"-p {cfg.pg_port} -c listen_addresses=127.0.0.1 -k {sock} -c max_connections=200"
                 " -c shared_buffers=256MB -c fsync=on")
         boot = log
+        pg_files = [log]
         if cfg.production:
             opts += _pg_tls_options(cfg) + _pg_json_log_options(cfg)
             # pg_ctl's own file gets only what is said before the collector runs (its plain
             # "redirecting log output" line, a bind or config error): outside the JSON logs dir.
             boot, log = _pg_dir(cfg) / "boot.log", _pg_log(cfg)
+            collector = _pg_dir(cfg) / "log"
+            collector.mkdir(exist_ok=True)
+            pg_files = [boot, collector / "postgres.json", collector / "postgres.log"]
+            if not log.is_symlink():
+                log.unlink(missing_ok=True)
+                log.symlink_to(collector / "postgres.json")
         # pg_ctl and the collector write the server log as the postgres user: give them files it can write.
-        for f in {boot, log, cfg.log("postgres")}:
+        for f in pg_files:
             f.touch()
             if os.geteuid() == 0:
                 shutil.chown(f, "postgres", "postgres")
+        if os.geteuid() == 0 and cfg.production:
+            shutil.chown(_pg_dir(cfg) / "log", "postgres", "postgres")
         say(f"postgres: starting on 127.0.0.1:{cfg.pg_port} (log: {log})")
         r = subprocess.run(_as_pg_user([_pg_bin("pg_ctl"), "start", "-D", str(data), "-l", str(boot),
                                         "-o", opts, "-w", "-t", "60"]), capture_output=True, text=True)
@@ -480,15 +500,17 @@ def start_postgres(cfg: Config) -> None:
 
 
 def _pg_log(cfg: Config) -> Path:
-    """The server log: in the production profile the collector's JSON-lines file (PostgreSQL
-    names a jsonlog file after log_filename with .json for .log)."""
+    """The server log: in the production profile the collector's JSON-lines file, reached from
+    the logs dir through a symlink (see _pg_json_log_options)."""
     return cfg.logs / "postgres.json" if cfg.production else cfg.log("postgres")
 
 
 def _pg_json_log_options(cfg: Config) -> str:
-    # One JSON object per line into the stack's logs dir, one file (no rotation). postgres.log
-    # beside it is the collector's catch-all for stderr that bypasses PostgreSQL's logging: empty.
-    return (f" -c logging_collector=on -c log_destination=jsonlog -c log_directory={cfg.logs}"
+    # One JSON object per line, one file (no rotation). The collector always keeps a plain-text
+    # catch-all beside it (log_filename; the .json file is named after it), where the postmaster
+    # writes "ending log output to stderr" at each start: so the collector writes in pg/log,
+    # beside pg_ctl's boot file, and the logs dir gets postgres.json as a symlink.
+    return (f" -c logging_collector=on -c log_destination=jsonlog -c log_directory={_pg_dir(cfg) / 'log'}"
             " -c log_filename=postgres.log -c log_rotation_age=0 -c log_rotation_size=0")
 
 
@@ -823,6 +845,8 @@ def _write_dagster_home(cfg: Config) -> None:
 def start_dagster(cfg: Config) -> None:
     _write_dagster_home(cfg)
     env = _platform_env(cfg)
+    if _dagster_log_format(cfg):  # the code servers they spawn (`dagster api grpc`) read click's env var
+        env["DAGSTER_CLI_API_GRPC_LOG_FORMAT"] = "json"
     workspace = str(REPO / "workspace.yaml")
     log = cfg.log("dagster-webserver")
     if running(cfg, "dagster-webserver"):
@@ -831,13 +855,15 @@ def start_dagster(cfg: Config) -> None:
         if _port_open(cfg.dagster_port):
             raise StackError(f"dagster-webserver: port {cfg.dagster_port} is taken; set AETHER_DAGSTER_PORT")
         say(f"dagster-webserver: starting on {cfg.dagster_url} (log: {log})")
-        _spawn(cfg, "dagster-webserver", [_venv_bin("dagster-webserver"), "-h", "127.0.0.1", "-p", str(cfg.dagster_port),
-                                          "-w", workspace, *_dagster_log_format()], env=env)
+        _spawn(cfg, "dagster-webserver", [*_dagster_cmd(cfg, "dagster-webserver", "dagster_webserver.cli"),
+                                          "-h", "127.0.0.1", "-p", str(cfg.dagster_port),
+                                          "-w", workspace, *_dagster_log_format(cfg)], env=env)
     if running(cfg, "dagster-daemon"):
         say("dagster-daemon: already running")
     else:
         say(f"dagster-daemon: starting (log: {cfg.log('dagster-daemon')})")
-        _spawn(cfg, "dagster-daemon", [_venv_bin("dagster-daemon"), "run", "-w", workspace, *_dagster_log_format()],
+        _spawn(cfg, "dagster-daemon", [*_dagster_cmd(cfg, "dagster-daemon", "dagster._daemon.cli"), "run", "-w", workspace,
+                                       *_dagster_log_format(cfg)],
                env=env)
     wait_until("dagster-webserver", f"GET {cfg.dagster_url}/server_info",
                lambda: _http_ok(f"{cfg.dagster_url}/server_info"), 240, log,

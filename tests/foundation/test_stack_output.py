@@ -51,3 +51,7 @@ def test_log_tail_quotes_only_this_start(tmp_path):
     log.write_text("".join(f"line {i}\n" for i in range(30)))
     assert stack.log_tail(log, lines=2) == "\n    | line 28\n    | line 29"
     assert stack.log_tail(tmp_path / "missing.log") == ""
+    # The production profile's start marker is a JSON line; the tail still starts after it.
+    log.write_text('{"message": "old"}\n\n{"logger": "aether.stack", "message": "==== 2026-01-01 00:00:00 '
+                   'starting: uvicorn"}\n{"message": "line 1"}\n')
+    assert stack.log_tail(log) == '\n    | {"message": "line 1"}'

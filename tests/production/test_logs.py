@@ -55,4 +55,6 @@ def test_every_log_line_is_json_and_no_token_is_in_any_log(production_stack):
                 not_json.append(f"{path.name}:{n}: {line[:200]}")
         leaked += [f"{name} in {path.name}" for name, value in secrets.items() if value in text]
     assert not leaked, leaked
-    assert not not_json, f"{len(not_json)} non-JSON log lines, first ones:\n" + "\n".join(not_json[:30])
+    per_file = {f: sum(line.startswith(f + ":") for line in not_json) for f in names}
+    assert not not_json, (f"{len(not_json)} non-JSON log lines ({ {f: n for f, n in per_file.items() if n} }), "
+                          "first ones:\n" + "\n".join(not_json[:30]))
