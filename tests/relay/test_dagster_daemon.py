@@ -17,7 +17,7 @@ import pytest
 
 from aether_platform.db_url import libpq_url, with_database
 from aether_platform.relay import live_relay_runs
-from tests.conftest import CLI, REPO, RUN_ID, alembic, create_database, drop_database, stack_exports
+from tests.conftest import CLI, REPO, RUN_ID, create_database, drop_database, migrated_database, stack_exports
 from tests.relay.conftest import consume, write_events
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -54,13 +54,13 @@ def dagster_stack(base_database_url, kafka_bootstrap, topic):
     stack picks, over a migrated CRM database and a Dagster storage database of their own."""
     suffix = f"{RUN_ID}_{uuid.uuid4().hex[:6]}"
     crm_name, dagster_name = f"aether_dsmoke_{suffix}", f"aether_dsmoke_dagster_{suffix}"
-    crm = create_database(base_database_url, crm_name)
-    assert alembic(crm, "upgrade", "head").returncode == 0
+    crm = migrated_database(base_database_url, crm_name)
     create_database(base_database_url, dagster_name)
     state = REPO / ".stack" / "test-stacks" / uuid.uuid4().hex[:8]
     state.mkdir(parents=True)
     env = {**os.environ, "AETHER_STACK_DIR": str(state), "AETHER_DAGSTER_PORT": "0",
-           # The CRM database and Kafka are given, so the stack starts neither.
+           # The CRM database and Kafka are given as external servers, so the stack starts neither.
+           "AETHER_EXTERNAL_DATABASE_URL": crm, "AETHER_EXTERNAL_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
            "DATABASE_URL": crm, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "AETHER_TOPIC": topic,
            "DAGSTER_PG_URL": with_database(base_database_url, dagster_name)}
     try:
