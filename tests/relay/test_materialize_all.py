@@ -19,6 +19,8 @@ from tests.relay.test_dagster_defs import defs  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.slow
 
+RUN_BOUND_S = 180
+
 
 def _materialize_all(defs, instance):  # noqa: F811
     """__ASSET_JOB over every materializable unpartitioned asset, default config, as the UI button
@@ -52,7 +54,10 @@ def test_materialize_all_finishes_while_a_streaming_relay_leads(defs, outbox_db,
             time.sleep(0.1)
         with dg.instance_for_test() as instance:
             thread, box = _in_thread(lambda: _materialize_all(defs, instance))
-            thread.join(60)  # bounded wait, not a timing assertion: before the fix this run never ended
+            # A bounded wait, not a timing assertion: before the fix this run queued for the leader's
+            # whole lifetime (600 s here). 180 s, because one clean-clone CI run on a slow minute
+            # took over 60 s to finish the run after its last step had succeeded.
+            thread.join(RUN_BOUND_S)
             assert not thread.is_alive(), "Materialize all is queued behind the streaming relay's leader lock"
             result = box["result"]
             assert result.success
@@ -74,7 +79,7 @@ def test_materialize_all_drains_the_outbox_once_when_no_relay_leads(defs, outbox
     events = write_events(outbox_db, tenant, [uuid.uuid4() for _ in range(5)], per_key=3)
     with dg.instance_for_test() as instance:
         thread, box = _in_thread(lambda: _materialize_all(defs, instance))
-        thread.join(60)
+        thread.join(RUN_BOUND_S)
         assert not thread.is_alive(), "the manual relay did not exit after draining"
         result = box["result"]
         assert result.success
