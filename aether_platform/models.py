@@ -162,4 +162,6 @@ relay_status = Table(
     Column("attempts_total", BigInteger, nullable=False, server_default=text("0")),
     Column("failures_total", BigInteger, nullable=False, server_default=text("0")),
     Column("dead_lettered_total", BigInteger, nullable=False, server_default=text("0")),
+    # The leading streaming relay's doorbell (address, token, node), null when none listens.
+    Column("doorbell", JSONB),
 )

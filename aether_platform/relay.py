@@ -21,21 +21,21 @@ Guarantees:
   Transient errors (broker down, timeouts) are not the event's fault: the rows get a
   next_attempt_at, the relay backs off exponentially, and retry_count is untouched.
 
-When it claims (streaming mode): an adaptive poll, not a wake-up. A write never signals the
-relay, because every signal PostgreSQL offers a writer (NOTIFY) takes a database-wide lock at
-commit and serialized all writers (migration 0005); a side channel from the API (a socket, a
-pipe) would couple every writer to the relay's liveness and address, and miss writes made by
-anything else. So the relay polls, and the cost of polling is kept where it buys latency:
-- while batches come back full it claims again at once (a backlog drains at full speed);
-- after a partial batch (events flowing, outbox drained) it waits idle_poll_seconds (10 ms),
-  which batches a steady trickle into few Kafka requests for at most that much latency;
-- after an empty claim the wait doubles, up to idle_poll_max_seconds (100 ms), and snaps back
-  to the fast interval on the first claim that finds a row.
-An idle relay thus makes ~10 cheap, lock-free claims a second instead of 50 (measured with
-bench/relay_idle.py, /proc CPU time of the relay and its database session: 3.2 % of a core at a
-fixed 20 ms, 0.7 % adaptive), and pays the long wait only on the first event after a quiet
-spell. Only the timing of claims adapts; which rows are claimed, and in what order, does not,
-so per-key order and the single leader are untouched.
+When it claims (streaming mode): when rung, else by an adaptive poll.
+- A writer rings the leader's doorbell after its commit (aether_platform/doorbell.py: one UDP
+  datagram, never in the write's way), and the relay claims at once. Not LISTEN/NOTIFY: a NOTIFY
+  takes a database-wide lock at commit and serialized every writer (migration 0005).
+- A ring is only a hint. Rings can be lost and some writers never ring, so the relay also polls,
+  and the cost of polling is kept where it buys latency:
+  - while batches come back full it claims again at once (a backlog drains at full speed);
+  - after a partial batch (events flowing, outbox drained) it waits idle_poll_seconds (10 ms);
+  - after an empty claim the wait doubles, up to idle_poll_max_seconds (100 ms), and snaps back
+    to the fast interval on the first claim that finds a row, or on a ring.
+  An idle relay thus makes ~10 cheap, lock-free claims a second instead of 50 (measured with
+  bench/relay_idle.py, /proc CPU time of the relay and its database session: 3.2 % of a core at a
+  fixed 20 ms, 0.7 % adaptive).
+Only the timing of claims changes, whether rung or polled; which rows are claimed, and in what
+order, does not, so per-key order and the single leader are untouched.
 """
 from __future__ import annotations
 
@@ -48,12 +48,14 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import psycopg
+from psycopg.types.json import Jsonb
 from confluent_kafka import KafkaError, KafkaException, Producer
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aether_platform import logs
 from aether_platform.db_url import libpq_url
+from aether_platform.doorbell import Doorbell
 from aether_platform.kafka_client import client_config
 from aether_platform.outbox_stats import OutboxStats, outbox_stats
 from aether_platform.settings import get_settings
@@ -117,10 +119,11 @@ MARK_TRANSIENT_SQL = """
 
 STATUS_SQL = """
     INSERT INTO relay_status AS s (relay, heartbeat_at, run_id, mode, published_total, attempts_total,
-                                   failures_total, dead_lettered_total)
-    VALUES (%(relay)s, now(), %(run_id)s, %(mode)s, %(published)s, %(attempts)s, %(failures)s, %(dead)s)
+                                   failures_total, dead_lettered_total, doorbell)
+    VALUES (%(relay)s, now(), %(run_id)s, %(mode)s, %(published)s, %(attempts)s, %(failures)s, %(dead)s,
+            %(doorbell)s)
     ON CONFLICT (relay) DO UPDATE SET
-        heartbeat_at = now(), run_id = excluded.run_id, mode = excluded.mode,
+        heartbeat_at = now(), run_id = excluded.run_id, mode = excluded.mode, doorbell = excluded.doorbell,
         published_total = s.published_total + excluded.published_total,
         attempts_total = s.attempts_total + excluded.attempts_total,
         failures_total = s.failures_total + excluded.failures_total,
@@ -250,6 +253,15 @@ class RelaySettings(BaseSettings):
     # fixed 20 ms: measured 3.2 % of a core before (relay + its database session), see
     # BENCHMARKS.md's relay_idle section for after.
     idle_poll_max_seconds: float = Field(0.1, alias="AETHER_RELAY_IDLE_POLL_MAX_SECONDS", description="Longest wait between claims of an idle relay: the extra latency of the first event after a quiet spell.")
+    # The streaming leader's doorbell (aether_platform/doorbell.py): writers ring it after each
+    # commit, so it claims at once instead of at its next poll. The poll stays, for lost rings and
+    # for writers that never ring. In a container, bind 0.0.0.0 and advertise the address the
+    # API's containers reach it by (deploy/compose.yaml: the daemon's service name).
+    doorbell_host: str = Field("127.0.0.1", alias="AETHER_RELAY_DOORBELL_HOST", description=(
+        "Address the streaming relay's doorbell (a UDP wake-up writers send after each commit) binds, on a port "
+        "of its choosing; `off` leaves the relay to its poll alone."))
+    doorbell_advertise_host: str = Field("", alias="AETHER_RELAY_DOORBELL_ADVERTISE_HOST", description=(
+        "Address writers ring the doorbell at (default: the bound address; required when that is 0.0.0.0)."))
 
 
 class RelayConfig(RelaySettings):
@@ -368,9 +380,13 @@ class Relay:
         self._producer: Producer | None = None
         self._transient_streak = 0
         self._idle_wait = config.idle_poll_seconds
+        self._doorbell: Doorbell | None = None
 
     def stop(self) -> None:
         self._stopping = True
+        doorbell = self._doorbell
+        if doorbell is not None:
+            doorbell.interrupt()  # don't sleep out the poll
 
     # ------------------------------------------------------------------ main loop
 
@@ -406,6 +422,8 @@ class Relay:
                 return self.totals
             try:
                 self._producer = Producer(cfg.producer_config())
+                if self.mode == "streaming" and cfg.doorbell_host != "off":
+                    self._doorbell = Doorbell(cfg.doorbell_host, cfg.doorbell_advertise_host)
                 last_beat = last_observe = last_retire_check = 0.0
                 while not self._stopping:
                     cycle_started = time.monotonic()
@@ -433,8 +451,15 @@ class Relay:
                         continue
                     pause = self._pause(claimed) - (time.monotonic() - cycle_started)
                     if pause > 0:
-                        time.sleep(pause)
+                        if self._doorbell is None:
+                            time.sleep(pause)
+                        elif self._doorbell.wait(pause):
+                            self._idle_wait = cfg.idle_poll_seconds
             finally:
+                # Stepping down: the last beat clears the doorbell, so writers stop ringing it.
+                if self._doorbell is not None:
+                    self._doorbell.close()
+                    self._doorbell = None
                 # An unfinished batch is rolled back, never marked: what it sent is re-sent later.
                 if not conn.broken:
                     conn.rollback()
@@ -602,7 +627,8 @@ class Relay:
         u = self._unflushed
         conn.execute(STATUS_SQL, {"relay": RELAY_NAME, "run_id": self.run_id, "mode": self.mode,
                                   "published": u.published, "attempts": u.attempts, "failures": u.failures,
-                                  "dead": u.dead_lettered})
+                                  "dead": u.dead_lettered,
+                                  "doorbell": Jsonb(self._doorbell.address) if self._doorbell else None})
         conn.commit()
         self._unflushed = Totals()
 

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from aether_platform.kafka_client import client_config
 from aether_platform.settings import get_settings
-from api import docs, problems
+from api import docs, doorbell, problems
 from api.db import make_pool, make_statement_pool
 from api.fast_create import FastCreate
 from api.kafka_health import KafkaProbe
@@ -38,6 +38,7 @@ async def lifespan(app: FastAPI):
     app.state.statements = statements
     app.state.kafka_probe = KafkaProbe(client_config(settings=settings))
     await stream_lifecycle.start(app)
+    await doorbell.start(app)
     # Everything built so far (modules, FastAPI's routes, pydantic's validators) lives as long
     # as the process; frozen, the cyclic GC stops re-scanning it. Without this a full
     # collection stalled every in-flight request for ~150 ms under load (measured).
@@ -45,6 +46,7 @@ async def lifespan(app: FastAPI):
     try:
         yield
     finally:
+        await doorbell.stop(app)
         await stream_lifecycle.stop(app)
         await asyncio.wait_for(statements.close(), timeout=5)
         await asyncio.wait_for(pool.close(), timeout=5)

@@ -57,6 +57,7 @@ async def run_write(request: Request, tenant: uuid.UUID, key: str, command: crm.
     except crm.DomainError as exc:
         return problem_response(exc.status, exc.title, exc.detail, instance=path)
     if result.verdict is Verdict.EXECUTE:
+        state.ringer.ring()  # committed: wake the relay (best effort; its poll covers a lost ring)
         OUTBOX_WRITE_BY_AGGREGATE[aggregate].observe(result.seconds)
         return Response(result.body, status_code=result.status_code, headers=result.headers)
     if result.verdict is Verdict.REPLAY:
