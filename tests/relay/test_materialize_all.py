@@ -4,8 +4,10 @@ finish (the relay step refused at once, naming the leader) instead of queueing b
 lock for the leader's lifetime; with no leader it drains the outbox once and exits."""
 from __future__ import annotations
 
+import sys
 import threading
 import time
+import traceback
 import uuid
 
 import dagster as dg
@@ -33,6 +35,20 @@ def _materialize_all(defs, instance):  # noqa: F811
     return job.execute_in_process(instance=instance, asset_selection=keys, raise_on_error=False)
 
 
+def _hang_report(thread: threading.Thread, instance) -> str:
+    """What a run that did not finish was doing: the thread's stack and the run's last events.
+    A hang here once happened after every step had succeeded, in one CI run of several, and was
+    not reproducible alone; this report is what the next one will say."""
+    frame = sys._current_frames().get(thread.ident)
+    stack = "".join(traceback.format_stack(frame)) if frame else "(thread gone)"
+    lines = []
+    for run in instance.get_runs(limit=1):
+        for entry in instance.all_logs(run.run_id)[-12:]:
+            event = entry.dagster_event
+            lines.append(f"{entry.step_key or '-'}: {event.event_type_value if event else entry.user_message[:120]}")
+    return "stack of the run's thread:\n" + stack + "\nlast events of the run:\n" + "\n".join(lines)
+
+
 def _in_thread(fn):
     """Run fn in a daemon thread, so that a run stuck on the leader lock fails the test instead of hanging it."""
     box: dict = {}
@@ -58,7 +74,8 @@ def test_materialize_all_finishes_while_a_streaming_relay_leads(defs, outbox_db,
             # whole lifetime (600 s here). 180 s, because one clean-clone CI run on a slow minute
             # took over 60 s to finish the run after its last step had succeeded.
             thread.join(RUN_BOUND_S)
-            assert not thread.is_alive(), "Materialize all is queued behind the streaming relay's leader lock"
+            assert not thread.is_alive(), ("Materialize all did not finish (queued behind the streaming relay's "
+                                           "leader lock?)\n" + _hang_report(thread, instance))
             result = box["result"]
             assert result.success
             run = instance.get_run_by_id(result.run_id)
@@ -80,7 +97,7 @@ def test_materialize_all_drains_the_outbox_once_when_no_relay_leads(defs, outbox
     with dg.instance_for_test() as instance:
         thread, box = _in_thread(lambda: _materialize_all(defs, instance))
         thread.join(RUN_BOUND_S)
-        assert not thread.is_alive(), "the manual relay did not exit after draining"
+        assert not thread.is_alive(), "the manual relay did not exit after draining\n" + _hang_report(thread, instance)
         result = box["result"]
         assert result.success
         mat = result.asset_materializations_for_node("outbox_relay")[0]
