@@ -18,6 +18,7 @@ Guarantees:
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Mapping
 
@@ -99,3 +100,13 @@ def _env_name(prop: str) -> str:
 def env_names() -> list[str]:
     """Every environment variable this module reads, for docs and for processes that pass them on."""
     return ["KAFKA_BOOTSTRAP_SERVERS", *(_env_name(p) for p in PROPERTIES), "KAFKA_SASL_PASSWORD_FILE"]
+
+
+def silent_logger(name: str) -> logging.Logger:
+    """A logger for librdkafka clients whose caller reports reachability itself: librdkafka logs
+    every failed connection attempt, which would only be noise there. Safe to call repeatedly."""
+    logger = logging.getLogger(name)
+    logger.propagate = False
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+    return logger

@@ -7,13 +7,12 @@ partition of a key (and so per-key order) depends on the count.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
-from aether_platform.kafka_client import connection
+from aether_platform.kafka_client import connection, silent_logger
 from aether_platform.settings import get_settings
 
 # Broker-side limit for one record. The relay's producer uses the same figure as its client-side
@@ -60,16 +59,6 @@ def declared_topic() -> TopicSpec:
             "min.insync.replicas": str(min(2, s.topic_replication_factor)),
         },
     )
-
-
-def silent_logger(name: str) -> logging.Logger:
-    """A logger for librdkafka clients whose caller reports reachability itself: librdkafka logs
-    every failed connection attempt, which would only be noise there. Safe to call repeatedly."""
-    logger = logging.getLogger(name)
-    logger.propagate = False
-    if not logger.handlers:
-        logger.addHandler(logging.NullHandler())
-    return logger
 
 
 def _admin(kafka) -> AdminClient:

@@ -7,8 +7,7 @@ import time
 
 from confluent_kafka.admin import AdminClient
 
-from aether_platform.kafka_client import connection
-from aether_platform.topics import silent_logger
+from aether_platform.kafka_client import connection, silent_logger
 
 
 class KafkaProbe:

@@ -17,7 +17,8 @@ from confluent_kafka.admin import AdminClient
 
 from aether_platform.db_url import libpq_url, with_database
 from aether_platform.settings import get_settings
-from aether_platform.topics import TopicSpec, declared_topic, ensure_topic, silent_logger
+from aether_platform.kafka_client import silent_logger
+from aether_platform.topics import TopicSpec, declared_topic, ensure_topic
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -657,7 +657,7 @@ def _java() -> str:
 def _kafka_ready(cfg: Config) -> bool:
     from confluent_kafka.admin import AdminClient
 
-    from aether_platform.topics import silent_logger
+    from aether_platform.kafka_client import silent_logger
 
     admin = AdminClient({**cfg.kafka_client_config(), "socket.timeout.ms": 2000,
                          "logger": silent_logger("aether.stack.kafka")})

@@ -21,9 +21,8 @@ from typing import Protocol
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
 
-from aether_platform.kafka_client import client_config
+from aether_platform.kafka_client import client_config, silent_logger
 from api.stream.cursor import Cursor, CursorEncoder, CursorError, topic_epoch
-from aether_platform.topics import silent_logger
 from api.stream import frames
 from api.stream.records import DedupWindow, Filter, from_message
 from api.stream.ring import PartitionRing
