@@ -26,14 +26,12 @@ AETHER_API_WORKERS (default: as the stack, cores - 1).
 """
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 import re
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -42,19 +40,19 @@ import psycopg
 
 from aether_platform.db_url import libpq_url, with_database
 from bench import _api as bench_api
+from bench._load import CLIENTS, open_loop
 from bench.report import Figure, emit, progress
 from devstack import stack
 
 REPO = Path(__file__).resolve().parent.parent
 SECONDS = int(os.environ.get("AETHER_BENCH_SECONDS", 15))
 WORKERS = int(os.environ.get("AETHER_API_WORKERS", stack.default_api_workers()))
-CLIENTS = 50
+STEADY_TENANT = "00000000-0000-0000-0000-0000000000bb"
 STEADY_RATE = 500
 ROUNDS = int(os.environ.get("AETHER_BENCH_ROUNDS", 5))
 PGBENCH_CLIENTS = [int(c) for c in os.environ.get("AETHER_BENCH_PGBENCH_CLIENTS", "10,25,50,100").split(",") if c]
 FRACTIONS = (0.25, 0.5)
 WRK_TIMEOUT = "10s"
-REQUEST_TIMEOUT = 10.0  # the open-loop client's: an answer slower than this is an error
 
 PGBENCH_SCRIPT = r"""
 \set n random(1, 1000000000)
@@ -166,68 +164,6 @@ def wrk(port: int, seconds: int) -> tuple[float, float, float, dict[str, int]]:
         dict(zip(WRK_ERRORS, map(int, m.groups()[2:])))
 
 
-async def steady(port: int, rate: float, seconds: int) -> tuple[list[float], dict[str, int]]:
-    """Open-loop load: request i is due at start + i/rate; latency counts from that due time.
-    Runs on uvloop: the generator shares the cores with the API, and its own lag counts as latency.
-    Returns the latencies (ms) of the 202 answers, and every other outcome counted by kind."""
-    body = b'{"title":"Replace boiler valve","status":"Open"}'
-    latencies: list[float] = []
-    errors = {"non-202 answers": 0, "socket errors": 0, "timeouts": 0}
-    total = int(rate * seconds)
-    pool: asyncio.Queue = asyncio.Queue()
-    for _ in range(CLIENTS):
-        pool.put_nowait(await asyncio.open_connection("127.0.0.1", port))
-
-    async def request(reader, writer) -> bytes:
-        key = f"steady-{uuid.uuid4()}"
-        writer.write(b"POST /api/crm/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"X-Tenant-Id: 00000000-0000-0000-0000-0000000000bb\r\nIdempotency-Key: " + key.encode() +
-                     b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
-        await reader.readexactly(length)
-        return head
-
-    async def one(due: float) -> None:
-        try:
-            # A connection that could not be replaced shrinks the pool; waiting for one is part
-            # of the request's time, bounded like the rest of it.
-            reader, writer = await asyncio.wait_for(pool.get(), REQUEST_TIMEOUT)
-        except (TimeoutError, asyncio.TimeoutError):
-            errors["timeouts"] += 1
-            return
-        try:
-            head = await asyncio.wait_for(request(reader, writer), REQUEST_TIMEOUT)
-        except (TimeoutError, asyncio.TimeoutError):
-            errors["timeouts"] += 1
-        except (OSError, asyncio.IncompleteReadError, AttributeError, ValueError):
-            errors["socket errors"] += 1
-        else:
-            if head.startswith(b"HTTP/1.1 202"):
-                latencies.append((time.perf_counter() - due) * 1000)
-            else:
-                errors["non-202 answers"] += 1
-            pool.put_nowait((reader, writer))
-            return
-        # The connection is in an unknown state: replace it.
-        writer.close()
-        try:
-            pool.put_nowait(await asyncio.open_connection("127.0.0.1", port))
-        except OSError:
-            errors["socket errors"] += 1
-
-    start = time.perf_counter() + 0.1
-    tasks = []
-    for i in range(total):
-        due = start + i / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(due)))
-    await asyncio.gather(*tasks)
-    return latencies, errors
-
-
 def pctl(values: list[float], p: float) -> float:
     """The p-th percentile (nearest rank); NaN for no values, which fails any goal on it."""
     if not values:
@@ -281,7 +217,8 @@ def main() -> None:
             settle(api_db)
             settle(ceiling_db)
             progress(f"{label}: API at {rate:,.0f} req/s for {SECONDS}s, open loop")
-            lat, errs = uvloop.run(steady(port, rate, SECONDS))
+            load = uvloop.run(open_loop("127.0.0.1", port, STEADY_TENANT, rate, SECONDS))
+            lat, errs = [a.latency * 1000 for a in load.accepted], load.errors
             progress(f"{label}: pgbench -R {rate:,.0f} for {SECONDS}s, {CLIENTS} clients")
             base = pgbench(ceiling_db, SECONDS, CLIENTS, rate)[1]
             steady_rows.append((label, rate, judged, lat, base, errs))

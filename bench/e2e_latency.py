@@ -17,7 +17,6 @@ Env: AETHER_BENCH_SECONDS (default 15), AETHER_BENCH_BROKER_WARM_UP_SECONDS (def
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import socket
@@ -32,6 +31,7 @@ import orjson
 
 from bench._relay_setup import REPO, bench_database, bench_topic, warm_up_broker
 from bench import _api as bench_api
+from bench._load import open_loop
 from bench.relay_latency import pct, produce_consume_floor
 from bench.report import Figure, emit, load_rates, progress
 from devstack import stack
@@ -72,68 +72,14 @@ class SseReader(threading.Thread):
             buf = buf[buf.rfind(b"\n") + 1:]
 
 
-REQUEST_TIMEOUT = 10.0
-
-
-async def post_at_rate(url: str, tenant: str, seconds: float, rate: float,
-                       errors: dict[str, int] | None = None) -> dict[str, float]:
-    """Open-loop POSTs: returns job id → the time its request was due; every other outcome is
-    counted in `errors` by kind."""
-    errors = {} if errors is None else errors
-    for kind in ("non-202 answers", "socket errors", "timeouts"):
-        errors.setdefault(kind, 0)
-    due_of: dict[str, float] = {}
-    body = b'{"title":"latency probe","status":"Open"}'
+def post_at_rate(url: str, tenant: str, seconds: float, rate: float, errors: dict[str, int]) -> dict[str, float]:
+    """Open-loop creates (bench._load): job id → the time its request was due; every other
+    outcome is added to `errors` by kind."""
     host, port = re.match(r"http://([^:]+):(\d+)", url).groups()
-    pool: asyncio.Queue = asyncio.Queue()
-    for _ in range(50):
-        pool.put_nowait(await asyncio.open_connection(host, int(port)))
-
-    async def request(reader, writer) -> tuple[bytes, bytes]:
-        writer.write(b"POST /api/crm/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Tenant-Id: "
-                     + tenant.encode() + b"\r\nIdempotency-Key: " + uuid.uuid4().hex.encode()
-                     + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-        head = await reader.readuntil(b"\r\n\r\n")
-        payload = await reader.readexactly(int(re.search(rb"(?i)content-length: (\d+)", head).group(1)))
-        return head, payload
-
-    async def one(due: float) -> None:
-        try:
-            # A connection that could not be replaced shrinks the pool; waiting for one is part
-            # of the request's time, bounded like the rest of it.
-            reader, writer = await asyncio.wait_for(pool.get(), REQUEST_TIMEOUT)
-        except (TimeoutError, asyncio.TimeoutError):
-            errors["timeouts"] += 1
-            return
-        try:
-            head, payload = await asyncio.wait_for(request(reader, writer), REQUEST_TIMEOUT)
-        except (TimeoutError, asyncio.TimeoutError):
-            errors["timeouts"] += 1
-        except (OSError, asyncio.IncompleteReadError, AttributeError, ValueError):
-            errors["socket errors"] += 1
-        else:
-            pool.put_nowait((reader, writer))
-            if head.startswith(b"HTTP/1.1 202"):
-                due_of[orjson.loads(payload)["id"]] = due
-            else:
-                errors["non-202 answers"] += 1
-            return
-        writer.close()  # in an unknown state: replace it
-        try:
-            pool.put_nowait(await asyncio.open_connection(host, int(port)))
-        except OSError:
-            errors["socket errors"] += 1
-
-    start = time.monotonic() + 0.2
-    tasks = []
-    for i in range(int(rate * seconds)):
-        due = start + i / rate
-        delay = due - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(due)))
-    await asyncio.gather(*tasks)
-    return due_of
+    load = uvloop.run(open_loop(host, int(port), tenant, rate, seconds))
+    for kind, n in load.errors.items():
+        errors[kind] = errors.get(kind, 0) + n
+    return load.due_of
 
 
 def main() -> None:
@@ -160,9 +106,9 @@ def main() -> None:
                 if not reader.ready.wait(10):
                     raise SystemExit("the SSE stream did not open")
                 progress(f"{label}: warm-up, then {rate:,.0f} POST/s for {SECONDS}s")
-                uvloop.run(post_at_rate(url, tenant, 2, rate, errors))
+                post_at_rate(url, tenant, 2, rate, errors)
                 time.sleep(1)
-                due_of = uvloop.run(post_at_rate(url, tenant, SECONDS, rate, errors))
+                due_of = post_at_rate(url, tenant, SECONDS, rate, errors)
                 deadline = time.monotonic() + 30
                 while time.monotonic() < deadline and not set(due_of) <= set(reader.arrivals):
                     time.sleep(0.2)

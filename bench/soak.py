@@ -27,7 +27,6 @@ import asyncio
 import json
 import math
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -42,13 +41,12 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from aether_platform.db_url import libpq_url
 from bench._relay_setup import REPO, bench_database, bench_topic, warm_up_broker
 from bench import _api as bench_api
+from bench._load import CLIENTS, LoadResult, exchange, open_loop
 from bench.e2e_latency import SseReader
 from bench.relay_latency import pct
 from bench.report import Figure, emit, progress
 from devstack import stack
 
-CLIENTS = 50
-BODY = b'{"title":"soak probe","status":"Open"}'
 
 SAMPLE_SQL = """
     SELECT count(*), pg_table_size('outbox_events') + pg_indexes_size('outbox_events'),
@@ -58,29 +56,16 @@ SAMPLE_SQL = """
 """
 
 
-def request(tenant: str) -> bytes:
-    return (b"POST /api/crm/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Tenant-Id: "
-            + tenant.encode() + b"\r\nIdempotency-Key: " + uuid.uuid4().hex.encode()
-            + b"\r\nContent-Length: " + str(len(BODY)).encode() + b"\r\n\r\n" + BODY)
-
-
-async def exchange(reader, writer, tenant: str) -> tuple[bool, bytes]:
-    writer.write(request(tenant))
-    head = await reader.readuntil(b"\r\n\r\n")
-    payload = await reader.readexactly(int(re.search(rb"(?i)content-length: (\d+)", head).group(1)))
-    return head.startswith(b"HTTP/1.1 202"), payload
-
-
 async def closed_loop(port: int, seconds: float) -> float:
     """Creates/s with CLIENTS connections each sending its next request on the previous answer."""
-    tenant, done, end = str(uuid.uuid4()), 0, time.monotonic() + seconds
+    tenant, done, end = str(uuid.uuid4()).encode(), 0, time.monotonic() + seconds
 
     async def client():
         nonlocal done
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         while time.monotonic() < end:
-            ok, _ = await exchange(reader, writer, tenant)
-            done += ok
+            head, _ = await exchange(reader, writer, tenant)
+            done += head.startswith(b"HTTP/1.1 202")
         writer.close()
 
     t0 = time.monotonic()
@@ -94,54 +79,6 @@ def capacity(port: int, seconds: int = 10) -> tuple[float, str]:
 
         return wrk(port, seconds)[0], "wrk, 50 connections"
     return uvloop.run(closed_loop(port, seconds)), "closed-loop Python client, 50 connections"
-
-
-class Load:
-    """Open-loop creates at `rate`/s: for each, its due time, latency and job id; errors counted."""
-
-    def __init__(self, port: int, tenant: str, rate: float, seconds: float):
-        self.port, self.tenant, self.rate, self.seconds = port, tenant, rate, seconds
-        self.due_of: dict[str, float] = {}
-        self.api: list[tuple[float, float]] = []  # (due, latency s)
-        self.errors = 0
-        self.error_kinds: dict[str, int] = {}
-
-    def _error(self, kind: str) -> None:
-        self.errors += 1
-        self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
-
-    async def run(self) -> None:
-        pool: asyncio.Queue = asyncio.Queue()
-        for _ in range(CLIENTS):
-            pool.put_nowait(await asyncio.open_connection("127.0.0.1", self.port))
-
-        async def one(due: float) -> None:
-            reader, writer = await pool.get()
-            try:
-                ok, payload = await exchange(reader, writer, self.tenant)
-            except (OSError, asyncio.IncompleteReadError, AttributeError) as exc:
-                self._error(type(exc).__name__)
-                writer.close()
-                pool.put_nowait(await asyncio.open_connection("127.0.0.1", self.port))
-                return
-            pool.put_nowait((reader, writer))
-            self.api.append((due, time.monotonic() - due))
-            if ok:
-                self.due_of[json.loads(payload)["id"]] = due
-            else:
-                self._error("non-202")
-
-        start = time.monotonic() + 0.2
-        tasks = set()
-        for i in range(int(self.rate * self.seconds)):
-            due = start + i / self.rate
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            t = asyncio.create_task(one(due))
-            tasks.add(t)
-            t.add_done_callback(tasks.discard)
-        await asyncio.gather(*tasks)
 
 
 class Sampler(threading.Thread):
@@ -180,11 +117,11 @@ def topic_counts(bootstrap: str, topic: str, timeout: float = 60) -> dict[str, i
     return counts
 
 
-def windows(load: Load, arrivals: dict[str, float], samples: list, start: float, minutes: int) -> list[dict]:
+def windows(load: LoadResult, arrivals: dict[str, float], samples: list, start: float, minutes: int) -> list[dict]:
     out = []
     for w in range(minutes):
         lo, hi = start + 60 * w, start + 60 * (w + 1)
-        api = sorted(lat * 1000 for due, lat in load.api if lo <= due < hi)
+        api = sorted(a.latency * 1000 for a in load.accepted if lo <= a.due < hi)
         e2e = sorted((arrivals[j] - due) * 1000 for j, due in load.due_of.items() if lo <= due < hi and j in arrivals)
         s = [x for x in samples if lo <= x[0] < hi] or samples[-1:]
         out.append({"minute": w + 1, "requests": len(api), "api_p99": pct(api, 99) if len(api) > 10 else 0.0,
@@ -238,9 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             reader.ready.wait(10)
             sampler = Sampler(dsn)
             sampler.start()
-            load = Load(port, tenant, rate, args.minutes * 60)
             start = time.monotonic() + 0.2
-            uvloop.run(load.run())
+            load = uvloop.run(open_loop("127.0.0.1", port, tenant, rate, args.minutes * 60))
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and not set(load.due_of) <= set(reader.arrivals):
                 time.sleep(0.5)
@@ -265,7 +201,7 @@ def report(args, warm, cap, how, rate, load, arrivals, samples, start, retiremen
     lost = sum(1 for job in load.due_of if job not in counts)
     duplicated = sum(counts[job] - 1 for job in load.due_of if counts.get(job, 0) > 1)
     not_streamed = len(set(load.due_of) - set(arrivals))
-    errors = load.errors + len(exited)
+    errors = sum(load.errors.values()) + len(exited)
     retired = sum(r["retired"] for r in retirements)
 
     def ratio(key: str) -> float:
@@ -296,7 +232,7 @@ def report(args, warm, cap, how, rate, load, arrivals, samples, start, retiremen
          notes=(f"{len(load.due_of):,} jobs accepted at {rate:,.0f}/s = {args.fraction:.0%} of {cap:,.0f} creates/s "
                 f"measured just before ({how}); retention {args.retention_seconds}s run every "
                 f"{args.retire_every:g}s ({len(retirements)} runs, {retired:,} rows retired); accepted but not "
-                f"seen by the SSE client: {not_streamed}; errors by kind: {load.error_kinds or 'none'}"
+                f"seen by the SSE client: {not_streamed}; errors by kind: {load.errors}"
                 f"{'; exited early: ' + ', '.join(exited) if exited else ''}. Ratios compare the last minute "
                 f"with minute {first['minute']} (the first {warm} fill the table).\n\n" + "\n".join(table)))
     return 0
