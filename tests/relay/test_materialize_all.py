@@ -35,6 +35,16 @@ def _materialize_all(defs, instance):  # noqa: F811
     return job.execute_in_process(instance=instance, asset_selection=keys, raise_on_error=False)
 
 
+# Without Dagster's compute-log capture. It redirects the process's stdout and stderr and spawns
+# `tail -F` processes for them, from whichever thread runs the job; here that is a test thread
+# beside pytest's own capture, which production never does (a run has its own process). In the
+# one CI run where these tests failed, every step had succeeded within a second and those tails
+# were still alive a minute later, so the run had not left the capture: not proven to be the
+# cause, but not what these tests are about.
+NO_COMPUTE_LOGS = {"compute_logs": {"module": "dagster._core.storage.noop_compute_log_manager",
+                                    "class": "NoOpComputeLogManager"}}
+
+
 def _hang_report(thread: threading.Thread, instance) -> str:
     """What a run that did not finish was doing: the thread's stack and the run's last events.
     A hang here once happened after every step had succeeded, in one CI run of several, and was
@@ -68,7 +78,7 @@ def test_materialize_all_finishes_while_a_streaming_relay_leads(defs, outbox_db,
             assert leader.poll() is None, (tmp_path / "leader.log").read_text()
             assert time.monotonic() < deadline, "the streaming relay never led"
             time.sleep(0.1)
-        with dg.instance_for_test() as instance:
+        with dg.instance_for_test(overrides=NO_COMPUTE_LOGS) as instance:
             thread, box = _in_thread(lambda: _materialize_all(defs, instance))
             # A bounded wait, not a timing assertion: before the fix this run queued for the leader's
             # whole lifetime (600 s here). 180 s, because one clean-clone CI run on a slow minute
@@ -94,7 +104,7 @@ def test_materialize_all_finishes_while_a_streaming_relay_leads(defs, outbox_db,
 
 def test_materialize_all_drains_the_outbox_once_when_no_relay_leads(defs, outbox_db, tenant):  # noqa: F811
     events = write_events(outbox_db, tenant, [uuid.uuid4() for _ in range(5)], per_key=3)
-    with dg.instance_for_test() as instance:
+    with dg.instance_for_test(overrides=NO_COMPUTE_LOGS) as instance:
         thread, box = _in_thread(lambda: _materialize_all(defs, instance))
         thread.join(RUN_BOUND_S)
         assert not thread.is_alive(), "the manual relay did not exit after draining\n" + _hang_report(thread, instance)
