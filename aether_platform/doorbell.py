@@ -54,19 +54,27 @@ class Doorbell:
     """The relay's side: a UDP socket it waits on between claims."""
 
     def __init__(self, host: str, advertise_host: str = ""):
+        """Raises ValueError for settings writers could never ring, OSError for an address this
+        host cannot bind; the relay then logs it and relies on its poll."""
         advertised = advertise_host or host
         if advertised in _WILDCARDS:
             raise ValueError(f"the relay's doorbell binds {host or 'every address'!r}, which writers cannot ring: "
                              "set AETHER_RELAY_DOORBELL_ADVERTISE_HOST to an address they can reach")
         family = socket.getaddrinfo(host or None, 0, type=socket.SOCK_DGRAM)[0][0]
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
-        self._sock.setblocking(False)
-        self._sock.bind((host, 0))
+        try:
+            self._sock.setblocking(False)
+            self._sock.bind((host, 0))
+        except OSError:
+            self._sock.close()
+            raise
         self._token = secrets.token_bytes(16)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._sock, selectors.EVENT_READ)
+        # "family": writers resolve the advertised name in the family the socket listens on (a
+        # name with both A and AAAA records would otherwise be rung over the wrong one).
         self.address = {"host": advertised, "port": self._sock.getsockname()[1], "token": self._token.hex(),
-                        "node": socket.gethostname()}
+                        "node": socket.gethostname(), "family": 6 if family == socket.AF_INET6 else 4}
         self.rings = 0  # rings that woke a wait (the benchmarks read it)
 
     def wait(self, timeout: float) -> bool:
@@ -115,24 +123,31 @@ class Ringer:
         self._node = socket.gethostname()
 
     def aim(self, doorbell: object) -> None:
-        """Point at a doorbell (a dict or its JSON text, as relay_status holds it), or at none."""
+        """Point at a doorbell (a dict or its JSON text, as relay_status holds it), or at none.
+        Resolves the advertised name, so it may block: the API calls it in a worker thread. A
+        doorbell that cannot be rung now (a name that does not resolve yet) is tried again on
+        the next call."""
         if doorbell == self._aimed_at:
             return
-        self._aimed_at = doorbell
         self._target = None
+        self._aimed_at = None
         try:
             d = json.loads(doorbell) if isinstance(doorbell, (str, bytes)) else doorbell
             if not d or (_is_loopback(d["host"]) and d["node"] != self._node):
+                self._aimed_at = doorbell  # nothing to ring, and that will not change
                 return
-            family, _, _, _, sockaddr = socket.getaddrinfo(d["host"], int(d["port"]), type=socket.SOCK_DGRAM)[0]
+            want = socket.AF_INET6 if d.get("family") == 6 else socket.AF_INET
+            family, _, _, _, sockaddr = socket.getaddrinfo(d["host"], int(d["port"]), family=want,
+                                                           type=socket.SOCK_DGRAM)[0]
             token = bytes.fromhex(d["token"])
         except (ValueError, KeyError, TypeError, OSError):
-            return  # an address this writer cannot ring: the relay's poll serves it
+            return  # not ringable (now): the relay's poll serves every event meanwhile
         sock = self._sockets.get(family)
         if sock is None:
             sock = self._sockets[family] = socket.socket(family, socket.SOCK_DGRAM)
             sock.setblocking(False)
         self._target = (sock, sockaddr, token)
+        self._aimed_at = doorbell
 
     @property
     def aimed(self) -> bool:

@@ -36,7 +36,8 @@ async def _follow(app) -> None:
         try:
             async with checkout(app.state.pool) as conn:
                 row = await (await conn.execute(LOOKUP_SQL, (RELAY_NAME,))).fetchone()
-            ringer.aim(row[0] if row else None)
+            # aim() may resolve a host name: never on the event loop.
+            await asyncio.to_thread(ringer.aim, row[0] if row else None)
         except Exception as exc:  # the database is away: keep the last aim; writes fail anyway
             log.debug("relay doorbell lookup failed: %r", exc)
         await asyncio.sleep(REFRESH_SECONDS)

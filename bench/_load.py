@@ -19,7 +19,7 @@ import orjson
 
 CLIENTS = 50  # connections, as wrk and pgbench use
 REQUEST_TIMEOUT = 10.0  # an answer slower than this is an error, never a latency left out
-ERROR_KINDS = ("non-202 answers", "socket errors", "timeouts")
+ERROR_KINDS = ("non-202 answers", "socket errors", "timeouts", "exceptions")
 BODY = b'{"title":"Replace boiler valve","status":"Open"}'
 
 
@@ -89,8 +89,14 @@ async def open_loop(host: str, port: int, tenant: str, rate: float, seconds: flo
         except OSError:
             errors["socket errors"] += 1
 
-    start = time.monotonic() + 0.2
     tasks: set[asyncio.Task] = set()  # only the unfinished: a 30-minute soak is ~10^6 requests
+
+    def finished(task: asyncio.Task) -> None:
+        tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            errors["exceptions"] += 1  # anything one() did not expect is still an error, never lost
+
+    start = time.monotonic() + 0.2
     for i in range(int(rate * seconds)):
         due = start + i / rate
         delay = due - time.monotonic()
@@ -98,9 +104,9 @@ async def open_loop(host: str, port: int, tenant: str, rate: float, seconds: flo
             await asyncio.sleep(delay)
         task = asyncio.create_task(one(due))
         tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        task.add_done_callback(finished)
     if tasks:
-        await asyncio.gather(*tasks)
+        await asyncio.gather(*tasks, return_exceptions=True)  # counted by finished()
     for _ in range(pool.qsize()):
         pool.get_nowait()[1].close()
     return result
