@@ -23,8 +23,10 @@ Guarantees:
 
 When it claims (streaming mode): when rung, else by an adaptive poll.
 - A writer rings the leader's doorbell after its commit (aether_platform/doorbell.py: one UDP
-  datagram, never in the write's way), and the relay claims at once. Not LISTEN/NOTIFY: a NOTIFY
-  takes a database-wide lock at commit and serialized every writer (migration 0005).
+  datagram, never in the write's way), and the relay claims at once; under a steady stream, once
+  it has rested in proportion to its last cycle (doorbell_max_busy, Relay._rest), so that rings
+  cost a batch, not a cycle, per event. Not LISTEN/NOTIFY: a NOTIFY takes a database-wide lock
+  at commit and serialized every writer (migration 0005).
 - A ring is only a hint. Rings can be lost and some writers never ring, so the relay also polls,
   and the cost of polling is kept where it buys latency:
   - while batches come back full it claims again at once (a backlog drains at full speed);
@@ -256,16 +258,21 @@ class RelaySettings(BaseSettings):
     idle_poll_max_seconds: float = Field(0.1, alias="AETHER_RELAY_IDLE_POLL_MAX_SECONDS", description="Longest wait between claims of an idle relay: the extra latency of the first event after a quiet spell.")
     # The streaming leader's doorbell (aether_platform/doorbell.py): writers ring it after each
     # commit, so it claims at once instead of at its next poll. The poll stays, for lost rings and
-    # for writers that never ring. Its price is a claim cycle per few events instead of per 10 ms:
-    # measured at 402 events/s on the quiet 2-core machine (bench/relay_latency.py, same run),
-    # commit → ack p50 1.15 ms against 7.16 ms by poll alone (floor 0.28 ms), for 0.46 cores of
-    # relay + session CPU against 0.13. Where CPU matters more than milliseconds, turn it off. In a container, bind 0.0.0.0 and advertise the address the
+    # for writers that never ring. Its price is more claim cycles than one per 10 ms: answering
+    # every ring at once, measured on the quiet 2-core machine (bench/relay_latency.py, same run),
+    # commit → ack p50 was 1.15 ms against 7.16 ms by poll alone (floor 0.28 ms) at 402 events/s,
+    # for 0.46 cores of relay + session CPU against 0.13; at 594 events/s 0.74 cores, which
+    # starved the rest of the pipeline. doorbell_max_busy bounds that share; where CPU matters
+    # more than milliseconds, turn the doorbell off. In a container, bind 0.0.0.0 and advertise the address the
     # API's containers reach it by (deploy/compose.yaml: the daemon's service name).
     doorbell_host: str = Field("127.0.0.1", alias="AETHER_RELAY_DOORBELL_HOST", description=(
         "Address the streaming relay's doorbell (a UDP wake-up writers send after each commit) binds, on a port "
         "of its choosing; `off` leaves the relay to its poll alone."))
     doorbell_advertise_host: str = Field("", alias="AETHER_RELAY_DOORBELL_ADVERTISE_HOST", description=(
         "Address writers ring the doorbell at (default: the bound address; required when that is 0.0.0.0)."))
+    doorbell_max_busy: float = Field(0.5, alias="AETHER_RELAY_DOORBELL_MAX_BUSY", gt=0, le=1, description=(
+        "Most of its time rings may keep the streaming relay claiming: after a cycle of t seconds it answers "
+        "the next ring no sooner than t·(1/share − 1) later, so a steady stream travels in batches (1: at once)."))
 
     @field_validator("doorbell_host")
     @classmethod
@@ -462,12 +469,13 @@ class Relay:
                         if claimed == 0:
                             break
                         continue
-                    pause = self._pause(claimed) - (time.monotonic() - cycle_started)
+                    busy = time.monotonic() - cycle_started
+                    pause = self._pause(claimed) - busy
                     if pause > 0:
                         if self._doorbell is None:
                             time.sleep(pause)
-                        elif self._doorbell.wait(pause):
-                            self._idle_wait = cfg.idle_poll_seconds
+                        else:
+                            self._wait_for_ring(pause, self._rest(claimed, busy))
             finally:
                 # Stepping down: the last beat clears the doorbell, so writers stop ringing it.
                 if self._doorbell is not None:
@@ -504,6 +512,29 @@ class Relay:
         else:
             self._idle_wait = min(cfg.idle_poll_max_seconds, max(self._idle_wait * 2, cfg.idle_poll_seconds, 0.001))
         return self._idle_wait
+
+    def _rest(self, claimed: int, busy: float) -> float:
+        """How long a rung relay rests after a cycle that took `busy` seconds before it answers
+        a ring: busy · (1/doorbell_max_busy − 1), so rings keep it claiming at most that share
+        of its time. Why: answering every ring at once costs a whole cycle (claim, produce,
+        flush, mark: about 1.2 ms of relay and session CPU) per event or two under a steady
+        stream; measured on 2 cores at 594 events/s that was 0.74 cores and starved the rest of
+        the pipeline. Resting makes the rings that come meanwhile one batch, for at most one
+        cycle's time of latency; a sparse stream, whose rings come after the rest, is answered
+        at once. After an empty cycle (cheap, and a ring then means new work) it never rests."""
+        share = self.config.doorbell_max_busy
+        if not claimed or share >= 1:
+            return 0.0
+        return busy * (1 / share - 1)
+
+    def _wait_for_ring(self, pause: float, rest: float) -> None:
+        """Up to `pause` until the next claim, answering a ring once `rest` has passed (rings
+        during the rest wait in the socket's buffer and are answered right after it)."""
+        if rest > 0:
+            time.sleep(min(rest, pause))
+            pause -= rest
+        if pause > 0 and self._doorbell.wait(pause):
+            self._idle_wait = self.config.idle_poll_seconds
 
     def _lead(self, conn: psycopg.Connection) -> bool:
         """Block until this relay holds the leader lock (True) or is stopped (False). Waits in

@@ -32,3 +32,12 @@ def test_a_zero_fast_interval_still_backs_off_when_idle():
 def test_a_cap_below_the_fast_interval_wins():
     relay = _relay(AETHER_RELAY_IDLE_POLL_SECONDS=0.05, AETHER_RELAY_IDLE_POLL_MAX_SECONDS=0.02)
     assert [relay._pause(0) for _ in range(3)] == [0.02, 0.02, 0.02]
+
+
+def test_a_rung_relay_rests_in_proportion_to_its_last_cycle():
+    # doorbell_max_busy 0.5: after a 2 ms cycle that found rows, rings wait 2 ms; 0.25: 6 ms.
+    relay = _relay(AETHER_RELAY_DOORBELL_MAX_BUSY=0.5)
+    assert relay._rest(3, 0.002) == 0.002
+    assert relay._rest(0, 0.002) == 0.0  # an empty cycle: a ring means new work, answer it at once
+    assert _relay(AETHER_RELAY_DOORBELL_MAX_BUSY=0.25)._rest(1, 0.002) == 0.006
+    assert _relay(AETHER_RELAY_DOORBELL_MAX_BUSY=1.0)._rest(500, 0.05) == 0.0
