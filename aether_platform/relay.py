@@ -23,9 +23,9 @@ Guarantees:
 
 When it claims (streaming mode): when rung, else by an adaptive poll.
 - A writer rings the leader's doorbell after its commit (aether_platform/doorbell.py: one UDP
-  datagram, never in the write's way), and the relay claims at once; under a steady stream, once
-  it has rested in proportion to its last cycle (doorbell_max_busy, Relay._rest), so that rings
-  cost a batch, not a cycle, per event. Not LISTEN/NOTIFY: a NOTIFY takes a database-wide lock
+  datagram, never in the write's way), and the relay claims at once, or, if an operator caps
+  the share of its time rings may keep it busy (doorbell_max_busy, Relay._rest), once it has
+  rested in proportion to its last cycle. Not LISTEN/NOTIFY: a NOTIFY takes a database-wide lock
   at commit and serialized every writer (migration 0005).
 - A ring is only a hint. Rings can be lost and some writers never ring, so the relay also polls,
   and the cost of polling is kept where it buys latency:
@@ -262,15 +262,21 @@ class RelaySettings(BaseSettings):
     # every ring at once, measured on the quiet 2-core machine (bench/relay_latency.py, same run),
     # commit → ack p50 was 1.15 ms against 7.16 ms by poll alone (floor 0.28 ms) at 402 events/s,
     # for 0.46 cores of relay + session CPU against 0.13; at 594 events/s 0.74 cores, which
-    # starved the rest of the pipeline. doorbell_max_busy bounds that share; where CPU matters
-    # more than milliseconds, turn the doorbell off. In a container, bind 0.0.0.0 and advertise the address the
-    # API's containers reach it by (deploy/compose.yaml: the daemon's service name).
+    # crowded the rest of the pipeline on 2 cores. doorbell_max_busy bounds that share; where CPU
+    # matters more than milliseconds, turn the doorbell off. In a container, bind 0.0.0.0 and
+    # advertise the address the API's containers reach it by (deploy/compose.yaml: the daemon's
+    # service name).
     doorbell_host: str = Field("127.0.0.1", alias="AETHER_RELAY_DOORBELL_HOST", description=(
         "Address the streaming relay's doorbell (a UDP wake-up writers send after each commit) binds, on a port "
         "of its choosing; `off` leaves the relay to its poll alone."))
     doorbell_advertise_host: str = Field("", alias="AETHER_RELAY_DOORBELL_ADVERTISE_HOST", description=(
         "Address writers ring the doorbell at (default: the bound address; required when that is 0.0.0.0)."))
-    doorbell_max_busy: float = Field(0.5, alias="AETHER_RELAY_DOORBELL_MAX_BUSY", gt=0, le=1, description=(
+    # Default 1 (answer every ring at once): measured at 594 events/s on the quiet 2-core machine,
+    # two interleaved pairs of runs, 1 gave commit → ack p50 2.00 / 1.33 ms and API → SSE p99
+    # 11.2 ms for 0.70 / 0.68 cores of relay + session; 0.5 gave 4.71 / 2.93 ms and 15.4 ms for
+    # 0.39 / 0.40 cores (poll alone: 7.4 ms, 0.17 cores). The relay normally has its own run pod,
+    # so latency wins by default; lower it where the relay shares cores with the API.
+    doorbell_max_busy: float = Field(1.0, alias="AETHER_RELAY_DOORBELL_MAX_BUSY", gt=0, le=1, description=(
         "Most of its time rings may keep the streaming relay claiming: after a cycle of t seconds it answers "
         "the next ring no sooner than t·(1/share − 1) later, so a steady stream travels in batches (1: at once)."))
 
@@ -516,12 +522,13 @@ class Relay:
     def _rest(self, claimed: int, busy: float) -> float:
         """How long a rung relay rests after a cycle that took `busy` seconds before it answers
         a ring: busy · (1/doorbell_max_busy − 1), so rings keep it claiming at most that share
-        of its time. Why: answering every ring at once costs a whole cycle (claim, produce,
-        flush, mark: about 1.2 ms of relay and session CPU) per event or two under a steady
-        stream; measured on 2 cores at 594 events/s that was 0.74 cores and starved the rest of
-        the pipeline. Resting makes the rings that come meanwhile one batch, for at most one
-        cycle's time of latency; a sparse stream, whose rings come after the rest, is answered
-        at once. After an empty cycle (cheap, and a ring then means new work) it never rests."""
+        of its time. Why: answering every ring at once (the default, share 1) costs a whole
+        cycle (claim, produce, flush, mark: about 1.2 ms of relay and session CPU) per event or
+        two under a steady stream: 0.7 cores at 594 events/s on 2 cores, a lot where the relay
+        shares cores with the API. Resting makes the rings that come meanwhile one batch, for
+        at most one cycle's time of latency; a sparse stream, whose rings come after the rest,
+        is answered at once. After an empty cycle (cheap, and a ring then means new work) it
+        never rests."""
         share = self.config.doorbell_max_busy
         if not claimed or share >= 1:
             return 0.0
