@@ -75,7 +75,7 @@ class Doorbell:
         # name with both A and AAAA records would otherwise be rung over the wrong one).
         self.address = {"host": advertised, "port": self._sock.getsockname()[1], "token": self._token.hex(),
                         "node": socket.gethostname(), "family": 6 if family == socket.AF_INET6 else 4}
-        self.rings = 0  # rings that woke a wait (the benchmarks read it)
+        self.rings = 0  # rings that woke a wait (what tests/relay/test_doorbell.py counts)
 
     def wait(self, timeout: float) -> bool:
         """Sleep up to `timeout` seconds; True as soon as a valid ring arrives (rings that came
