@@ -186,3 +186,23 @@ def test_a_port_taken_while_starting_is_retried_on_another(state_dir, monkeypatc
     assert "postgres: its port was taken meanwhile" in out, out
     assert cfg.pg_port not in (0, taken)
     assert stack_exports({**os.environ})["DATABASE_URL"].endswith(f":{cfg.pg_port}/crm")
+
+
+def test_a_server_stops_on_sigterm_even_if_its_launcher_ignored_it(state_dir, monkeypatch, capsys):
+    """An ignored signal survives exec, and a JVM started with SIGTERM ignored never handles it:
+    `down` then waited out its timeout and killed Kafka, 20 s per stop, whenever the stack was
+    started from a process that ignored SIGTERM (this suite's own process came to, adding four
+    minutes to `make test`). The stack must start its servers with the stop signals at default."""
+    from devstack import stack
+
+    monkeypatch.setenv("AETHER_STACK_DIR", str(state_dir))
+    cfg = stack.Config()
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        # `sleep` installs no handler of its own: it does whatever it inherited.
+        stack._spawn(cfg, "probe", ["sleep", "60"])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert stack._stop_group(cfg, "probe", timeout=10)
+    out = capsys.readouterr().out
+    assert "probe: stopping" in out and "SIGKILL" not in out, out
