@@ -305,8 +305,11 @@ def _default_stop_signals() -> None:
     """In the forked child, before exec: the signals `down` stops a server with, back to their
     default action. An ignored signal stays ignored across exec, and a JVM (Kafka) started with
     SIGTERM ignored never installs its handler: `down` then waited its whole timeout and killed
-    the broker: 20 s per Kafka stop, which under a test runner whose process had come to ignore
-    SIGTERM added about four minutes to `make test`. Handlers (not ignores) are reset by exec."""
+    the broker: 20 s per Kafka stop. How a launcher comes to ignore SIGTERM: a job started in the
+    background by a non-interactive shell ignores SIGINT, and Dagster's in-process execution
+    copies SIGINT's disposition onto SIGTERM (dagster._utils.interrupts, "for k8s"); under
+    `make test` launched that way, it added about four minutes. Handlers (not ignores) are reset
+    by exec anyway."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
 

@@ -191,8 +191,10 @@ def test_a_port_taken_while_starting_is_retried_on_another(state_dir, monkeypatc
 def test_a_server_stops_on_sigterm_even_if_its_launcher_ignored_it(state_dir, monkeypatch, capsys):
     """An ignored signal survives exec, and a JVM started with SIGTERM ignored never handles it:
     `down` then waited out its timeout and killed Kafka, 20 s per stop, whenever the stack was
-    started from a process that ignored SIGTERM (this suite's own process came to, adding four
-    minutes to `make test`). The stack must start its servers with the stop signals at default."""
+    started from a process that ignored SIGTERM. This suite's own process comes to when it was
+    launched in the background (SIGINT ignored) and has run Dagster in-process, which copies
+    SIGINT's disposition onto SIGTERM: four minutes of `make test`. The stack must start its
+    servers with the stop signals at default."""
     from devstack import stack
 
     monkeypatch.setenv("AETHER_STACK_DIR", str(state_dir))
