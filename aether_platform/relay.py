@@ -261,11 +261,10 @@ class RelaySettings(BaseSettings):
     # for writers that never ring. Its price is more claim cycles than one per 10 ms: answering
     # every ring at once, measured on the quiet 2-core machine (bench/relay_latency.py, same run),
     # commit → ack p50 was 1.15 ms against 7.16 ms by poll alone (floor 0.28 ms) at 402 events/s,
-    # for 0.46 cores of relay + session CPU against 0.13; at 594 events/s 0.74 cores, which
-    # crowded the rest of the pipeline on 2 cores. doorbell_max_busy bounds that share; where CPU
-    # matters more than milliseconds, turn the doorbell off. In a container, bind 0.0.0.0 and
-    # advertise the address the API's containers reach it by (deploy/compose.yaml: the daemon's
-    # service name).
+    # for 0.46 cores of relay + session CPU against 0.13 (at 594 events/s: below).
+    # doorbell_max_busy bounds that share; where CPU matters more than milliseconds, turn the
+    # doorbell off. In a container, bind 0.0.0.0 and advertise the address the API's containers
+    # reach it by (deploy/compose.yaml: the daemon's service name).
     doorbell_host: str = Field("127.0.0.1", alias="AETHER_RELAY_DOORBELL_HOST", description=(
         "Address the streaming relay's doorbell (a UDP wake-up writers send after each commit) binds, on a port "
         "of its choosing; `off` leaves the relay to its poll alone."))
@@ -524,8 +523,8 @@ class Relay:
         a ring: busy · (1/doorbell_max_busy − 1), so rings keep it claiming at most that share
         of its time. Why: answering every ring at once (the default, share 1) costs a whole
         cycle (claim, produce, flush, mark: about 1.2 ms of relay and session CPU) per event or
-        two under a steady stream: 0.7 cores at 594 events/s on 2 cores, a lot where the relay
-        shares cores with the API. Resting makes the rings that come meanwhile one batch, for
+        two under a steady stream, a lot where the relay shares cores with the API (figures at
+        RelaySettings.doorbell_max_busy). Resting makes the rings that come meanwhile one batch, for
         at most one cycle's time of latency; a sparse stream, whose rings come after the rest,
         is answered at once. After an empty cycle (cheap, and a ring then means new work) it
         never rests."""
