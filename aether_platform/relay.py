@@ -78,13 +78,16 @@ PERMANENT_ERRORS = frozenset({
 
 # A row may be claimed when it is pending, due, and no earlier row of its key is blocked.
 # Shared with the Dagster sensor so that it never launches a run that would find nothing to do.
+# "Due" and "blocked" are judged at one instant, the statement's start: clock_timestamp() moves
+# while the claim scans, so a backoff ending between an earlier row and a later one of the same
+# key let the later one be claimed alone and overtake it on the topic.
 ELIGIBLE = """
     e.published_at IS NULL AND e.dead_lettered_at IS NULL
-    AND (e.next_attempt_at IS NULL OR e.next_attempt_at <= clock_timestamp())
+    AND (e.next_attempt_at IS NULL OR e.next_attempt_at <= statement_timestamp())
     AND NOT EXISTS (
         SELECT 1 FROM outbox_events b
         WHERE b.aggregate_key = e.aggregate_key AND b.id < e.id AND b.published_at IS NULL
-          AND (b.dead_lettered_at IS NOT NULL OR b.next_attempt_at > clock_timestamp()))
+          AND (b.dead_lettered_at IS NOT NULL OR b.next_attempt_at > statement_timestamp()))
 """
 
 CLAIM_SQL = f"""

@@ -79,3 +79,30 @@ def test_poison_event_isolates_its_key_dead_letters_and_requeues(outbox_db, rela
     assert {r.event_id for r in records} == wanted and len(records) == len(wanted)
     assert_per_key_order(records, [others[0], poison, others[1], after_poison, others[2]])
     assert outbox_stats(outbox_db).dead_lettered == 0
+
+
+def test_a_backoff_expiring_during_a_claim_never_lets_a_later_event_of_its_key_overtake(outbox_db, tenant):
+    """The claim decides "is this row due?" and "is an earlier row of its key still backing
+    off?" against one instant. With a clock that moved during the statement, a backoff that
+    expired between the two rows let the later event be claimed without the earlier one, which
+    was then published after it (seen once in a clean-clone run, on the poison test above).
+    Here the earlier event's backoff ends a few milliseconds into a claim that first scans
+    thousands of rows of other keys, many times over."""
+    from aether_platform.relay import CLAIM_SQL
+
+    t = uuid.UUID(tenant)
+    key = uuid.uuid4()
+    first = outbox.make_event("JobCreated", "job", t, key, {"Title": "first"})
+    with outbox_db.cursor() as cur:
+        outbox.write(cur, first)
+    write_events(outbox_db, tenant, [uuid.uuid4() for _ in range(3000)], per_key=1)  # scanned between the two
+    later = outbox.make_event("JobUpdated", "job", t, key, {"Title": "later"})
+    with outbox_db.cursor() as cur:
+        outbox.write(cur, later)
+    for attempt in range(40):
+        with outbox_db.transaction(force_rollback=True):
+            outbox_db.execute("UPDATE outbox_events SET next_attempt_at = clock_timestamp() + %s * interval '1 ms'"
+                              " WHERE event_id = %s", (1 + attempt % 8, first.event_id))
+            claimed = {row[1] for row in outbox_db.execute(CLAIM_SQL, (10_000,)).fetchall()}
+        if str(later.event_id) in claimed:
+            assert str(first.event_id) in claimed, f"attempt {attempt}: the later event was claimed without the first"
