@@ -81,13 +81,18 @@ PERMANENT_ERRORS = frozenset({
 # "Due" and "blocked" are judged at one instant, the statement's start: clock_timestamp() moves
 # while the claim scans, so a backoff ending between an earlier row and a later one of the same
 # key let the later one be claimed alone and overtake it on the topic.
+# OFFSET 0 keeps "blocked" a probe per candidate row, by its key and id, in
+# ix_outbox_events_unpublished_key: without it the planner may fold NOT EXISTS into an anti-join,
+# and the generic plan of one costed on a near-empty outbox walks that whole index for every
+# candidate row (see PLANNER_OPTIONS).
 ELIGIBLE = """
     e.published_at IS NULL AND e.dead_lettered_at IS NULL
     AND (e.next_attempt_at IS NULL OR e.next_attempt_at <= statement_timestamp())
     AND NOT EXISTS (
         SELECT 1 FROM outbox_events b
         WHERE b.aggregate_key = e.aggregate_key AND b.id < e.id AND b.published_at IS NULL
-          AND (b.dead_lettered_at IS NOT NULL OR b.next_attempt_at > statement_timestamp()))
+          AND (b.dead_lettered_at IS NOT NULL OR b.next_attempt_at > statement_timestamp())
+        OFFSET 0)
 """
 
 CLAIM_SQL = f"""
@@ -135,10 +140,24 @@ STATUS_SQL = """
         dead_lettered_total = s.dead_lettered_total + excluded.dead_lettered_total
 """
 
+# The relay's statements are index probes by design (the claim walks ix_outbox_events_pending in id
+# order and probes each candidate's key; a mark looks up each id), and must stay so whatever the
+# planner believed when it planned them. psycopg prepares a statement on its fifth execution, and
+# the server may then keep one generic plan, costed on the table as it was, until the next ANALYZE.
+# A relay that started on an empty outbox (a fresh deployment, a truncated table, every test and
+# benchmark database) kept a mark that hashed a sequential scan of the whole table and a claim that
+# walked the whole unpublished-key index for each candidate row. Measured on the 2-core machine
+# (bench/relay_latency.py's setup, /proc): a 20,000-event backlog then drained at 200 events/s
+# instead of about 40,000; a steady 680 events/s cost the relay's session 756 µs of CPU per event
+# instead of 279, and commit → ack p50 was 2.0–2.4 ms instead of 0.7–0.9. These settings make the
+# planner take the index path even when it believes the table tiny (they add a cost penalty, they
+# forbid nothing: a statement with no index path still runs); ELIGIBLE's OFFSET 0 covers the probe.
+PLANNER_OPTIONS = "-c enable_seqscan=off -c enable_hashjoin=off"
+
 # synchronous_commit=off: a mark need not wait for its WAL flush. A database crash can forget the
 # last few hundred milliseconds of marks; those events are sent again with the same ids (at least
 # once), never lost, because the writer committed the events themselves durably.
-SESSION_OPTIONS = "-c synchronous_commit=off"
+SESSION_OPTIONS = "-c synchronous_commit=off " + PLANNER_OPTIONS
 
 # A relay's database session names its run, so that whoever can see pg_stat_activity (the
 # Dagster sensor) can tell a live relay run from one whose process died: the server ends a
