@@ -267,10 +267,10 @@ class RelaySettings(BaseSettings):
     # (a produce request, and a fetch for every consumer); an empty one about 0.7 ms (relay and
     # session, measured with bench/relay_idle.py). The fast interval trades CPU under a steady
     # trickle for commit-to-ack latency (about half the interval at p50), so it stays an
-    # operator's knob. Relay process + session CPU at 500 events/s (bench/relay_latency.py, /proc,
-    # on a loaded 2-core box; the broker's and consumers' share comes on top): 0.10 cores at
-    # 20 ms, 0.16 at 10 ms, 0.22 at 5 ms, with p50 13.3, 8.4 and 5.3 ms (loaded, so only the
-    # differences mean much). 10 ms takes most of the latency gain for a modest share of CPU.
+    # operator's knob. Relay process + session CPU at 500 events/s by poll alone (writers not
+    # ringing; bench/relay_latency.py's setup, /proc, 2-core box; the broker's share comes on
+    # top): 0.09 cores at 20 ms, 0.14 at 10 ms, 0.22 at 5 ms, with p50 12.9, 7.2 and 4.1 ms.
+    # 10 ms takes most of the latency gain for a modest share of CPU.
     idle_poll_seconds: float = Field(0.01, alias="AETHER_RELAY_IDLE_POLL_SECONDS", description=(
         "Wait before the next claim of a streaming relay after a short batch, unless a writer rings its doorbell."))
     # The longest wait between claims of an idle relay, and so the extra latency of the first
@@ -281,9 +281,9 @@ class RelaySettings(BaseSettings):
     # The streaming leader's doorbell (aether_platform/doorbell.py): writers ring it after each
     # commit, so it claims at once instead of at its next poll. The poll stays, for lost rings and
     # for writers that never ring. Its price is more claim cycles than one per 10 ms: answering
-    # every ring at once, measured on the quiet 2-core machine (bench/relay_latency.py, same run),
-    # commit → ack p50 was 1.15 ms against 7.16 ms by poll alone (floor 0.28 ms) at 402 events/s,
-    # for 0.46 cores of relay + session CPU against 0.13 (at 594 events/s: below).
+    # every ring at once, measured on the 2-core machine (bench/relay_latency.py's setup, one run
+    # after the other), commit → ack p50 was 1.02 ms against 7.27 ms by poll alone at 402
+    # events/s, for 0.39 cores of relay + session CPU against 0.16 (at 594 events/s: below).
     # doorbell_max_busy bounds that share; where CPU matters more than milliseconds, turn the
     # doorbell off. In a container, bind 0.0.0.0 and advertise the address the API's containers
     # reach it by (deploy/compose.yaml: the daemon's service name).
@@ -292,11 +292,11 @@ class RelaySettings(BaseSettings):
         "of its choosing; `off` leaves the relay to its poll alone."))
     doorbell_advertise_host: str = Field("", alias="AETHER_RELAY_DOORBELL_ADVERTISE_HOST", description=(
         "Address writers ring the doorbell at (default: the bound address; required when that is 0.0.0.0)."))
-    # Default 1 (answer every ring at once): measured at 594 events/s on the quiet 2-core machine,
-    # two interleaved pairs of runs, 1 gave commit → ack p50 2.00 / 1.33 ms and API → SSE p99
-    # 11.2 ms for 0.70 / 0.68 cores of relay + session; 0.5 gave 4.71 / 2.93 ms and 15.4 ms for
-    # 0.39 / 0.40 cores (poll alone: 7.4 ms, 0.17 cores). The relay normally has its own run pod,
-    # so latency wins by default; lower it where the relay shares cores with the API.
+    # Default 1 (answer every ring at once): measured at 594 events/s on the 2-core machine, two
+    # interleaved pairs of runs, 1 gave commit → ack p50 0.79 / 0.89 ms and p99 2.31 / 2.71 ms
+    # for 0.47 / 0.50 cores of relay + session; 0.5 gave p50 2.72 / 1.83 ms and p99 7.61 / 6.57
+    # ms for 0.36 / 0.37 cores. The relay normally has its own run pod, so latency wins by
+    # default; lower it where the relay shares cores with the API.
     doorbell_max_busy: float = Field(1.0, alias="AETHER_RELAY_DOORBELL_MAX_BUSY", gt=0, le=1, description=(
         "Most of its time rings may keep the streaming relay claiming: after a cycle of t seconds it answers "
         "the next ring no sooner than t·(1/share − 1) later, so a steady stream travels in batches (1: at once)."))
@@ -544,7 +544,7 @@ class Relay:
         """How long a rung relay rests after a cycle that took `busy` seconds before it answers
         a ring: busy · (1/doorbell_max_busy − 1), so rings keep it claiming at most that share
         of its time. Why: answering every ring at once (the default, share 1) costs a whole
-        cycle (claim, produce, flush, mark: about 1.2 ms of relay and session CPU) per event or
+        cycle (claim, produce, flush, mark: about 0.8 ms of relay and session CPU) per event or
         two under a steady stream, a lot where the relay shares cores with the API (figures at
         RelaySettings.doorbell_max_busy). Resting makes the rings that come meanwhile one batch, for
         at most one cycle's time of latency; a sparse stream, whose rings come after the rest,
