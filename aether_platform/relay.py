@@ -81,10 +81,13 @@ PERMANENT_ERRORS = frozenset({
 # "Due" and "blocked" are judged at one instant, the statement's start: clock_timestamp() moves
 # while the claim scans, so a backoff ending between an earlier row and a later one of the same
 # key let the later one be claimed alone and overtake it on the topic.
-# OFFSET 0 keeps "blocked" a probe per candidate row, by its key and id, in
-# ix_outbox_events_unpublished_key: without it the planner may fold NOT EXISTS into an anti-join,
-# and the generic plan of one costed on a near-empty outbox walks that whole index for every
-# candidate row (see PLANNER_OPTIONS).
+# OFFSET 0 keeps "blocked" a probe per candidate row, by its key and id: without it the planner
+# may fold NOT EXISTS into an anti-join, and the generic plan of one costed on a near-empty outbox
+# walks the whole ix_outbox_events_unpublished_key for every candidate row (see PLANNER_OPTIONS).
+# Which index the probe reads is still the planner's choice: with statistics taken while nothing
+# was pending, it takes the published_at index and reads every pending row for each candidate
+# (measured: a 5,000-event backlog claimed at 3,300 events/s; BENCHMARKS.md, "Outbox growth and
+# retention", says what would end it).
 ELIGIBLE = """
     e.published_at IS NULL AND e.dead_lettered_at IS NULL
     AND (e.next_attempt_at IS NULL OR e.next_attempt_at <= statement_timestamp())
