@@ -102,6 +102,17 @@ def kafka_bootstrap() -> str:
     return bootstrap
 
 
+def wait_for(what: str, check, timeout: float, *procs: subprocess.Popen, interval: float = 0.05) -> None:
+    """Poll `check` until it is true; fail naming `what` after `timeout` seconds, or at once if
+    one of `procs` (processes the wait depends on) has exited."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        for p in procs:
+            assert p.poll() is None, f"a process exited with {p.returncode} while waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(interval)
+
+
 def create_database(base_url: str, name: str) -> str:
     admin = libpq_url(with_database(base_url, "postgres"))
     with psycopg.connect(admin, autocommit=True) as conn:

@@ -19,20 +19,13 @@ import pytest
 
 from aether_platform.db_url import libpq_url
 from aether_platform.topics import TopicSpec, ensure_topic
-from tests.conftest import ApiServer
+from tests.conftest import ApiServer, wait_for
 from tests.e2e.conftest import RelayProcess, TopicReader, report
 from tests.e2e.load import LoadResult, run_load
 from tests.stream.conftest import stream_at
 from tests.stream.sse_client import SseClient
 
 pytestmark = pytest.mark.slow
-
-
-def _wait(what: str, check, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.25)
 
 
 def _db_counts(url: str) -> tuple[int, int]:
@@ -86,7 +79,8 @@ def test_kafka_down_30s_under_200_rps_loses_nothing(fresh_env, throwaway_kafka, 
         load.join(timeout=120)
         assert not load.is_alive(), "the load did not finish"
         # Every accepted request is in the outbox, and all of it gets published after recovery.
-        _wait("the relay to drain the outbox", lambda: _db_counts(env["DATABASE_URL"])[1] == len(result.accepted), 180)
+        wait_for("the relay to drain the outbox", lambda: _db_counts(env["DATABASE_URL"])[1] == len(result.accepted),
+                 180, interval=0.25)
         reader = TopicReader(bootstrap, env["AETHER_TOPIC"])
         reader.poll_until(lambda rs: len(reader.event_ids()) >= len(result.accepted), 60)
         reader.read_to_end()
@@ -138,7 +132,8 @@ def test_relay_killed_mid_batch_loses_nothing_and_the_stream_drops_duplicates(fr
                 relay = RelayProcess(env, tmp_path).start()
             load.join(timeout=60)
             assert not load.is_alive(), "the load did not finish"
-            _wait("the relay to drain", lambda: _db_counts(env["DATABASE_URL"])[1] == len(result.accepted), 120)
+            wait_for("the relay to drain", lambda: _db_counts(env["DATABASE_URL"])[1] == len(result.accepted), 120,
+                     interval=0.25)
             reader = TopicReader(env["KAFKA_BOOTSTRAP_SERVERS"], env["AETHER_TOPIC"])
             reader.poll_until(lambda rs: len(reader.event_ids()) >= len(result.accepted), 60)
             reader.read_to_end()
@@ -189,7 +184,8 @@ def test_postgres_restart_is_503_then_recovers_and_the_relay_resumes(own_postgre
         stack("up")
         load.join(timeout=120)
         assert not load.is_alive(), "the load did not finish"
-        _wait("the relay to publish everything", lambda: _db_counts(url)[1] == len(result.accepted), 120)
+        wait_for("the relay to publish everything", lambda: _db_counts(url)[1] == len(result.accepted), 120,
+                 interval=0.25)
         reader = TopicReader(env["KAFKA_BOOTSTRAP_SERVERS"], env["AETHER_TOPIC"])
         reader.poll_until(lambda rs: len(reader.event_ids()) >= len(result.accepted), 60)
         reader.read_to_end()
@@ -236,7 +232,8 @@ def test_api_restart_sse_resumes_without_gap(e2e_env, e2e_relay, tmp_path):
         with SseClient(f"{api.url}/crm-events?tenant={tenant}", headers={"Last-Event-ID": last_id}) as second:
             second.wait(lambda c: len(c.events()) >= 10, what="the events written during the restart")
             # Then to the end of the topic, so that a duplicate after them would be seen too.
-            _wait("the relay to publish them", lambda: _published(e2e_env["DATABASE_URL"], created) == len(created), 60)
+            wait_for("the relay to publish them",
+                     lambda: _published(e2e_env["DATABASE_URL"], created) == len(created), 60, interval=0.25)
             reader = TopicReader(e2e_env["KAFKA_BOOTSTRAP_SERVERS"], e2e_env["AETHER_TOPIC"])
             ends = reader.ends()
             reader.close()

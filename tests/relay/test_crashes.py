@@ -3,7 +3,6 @@ duplicates are the documented ones (an acknowledged batch re-sent with the same 
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 import uuid
 from collections import Counter
@@ -12,6 +11,7 @@ import pytest
 
 from aether_platform.relay import live_relay_runs
 from aether_platform.topics import TopicSpec, ensure_topic
+from tests.conftest import wait_for
 from tests.relay.conftest import assert_per_key_order, consume, relay_process, write_events
 
 pytestmark = pytest.mark.slow
@@ -21,28 +21,20 @@ def _published(db) -> int:
     return db.execute("SELECT count(*) FROM outbox_events WHERE published_at IS NOT NULL").fetchone()[0]
 
 
-def _wait(what: str, check, timeout: float, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert proc is None or proc.poll() is None, f"relay exited with {proc.returncode} while waiting for {what}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 def test_kill_9_mid_batch_loses_nothing(outbox_db, platform_env, tenant, kafka_bootstrap, topic, tmp_path):
     events = write_events(outbox_db, tenant, [uuid.uuid4() for _ in range(300)], per_key=100)
     env = {**platform_env, "AETHER_RELAY_BATCH_SIZE": "200"}
 
     run_id = f"kill-9-{uuid.uuid4().hex[:8]}"
     first = relay_process(env, "--mode", "batch", "--run-id", run_id, log=tmp_path / "relay-1.log")
-    _wait("the first published batches", lambda: _published(outbox_db) >= 2000, 60, first)
+    wait_for("the first published batches", lambda: _published(outbox_db) >= 2000, 60, first)
     # The relay's session names its run: how the Dagster sensor tells a live relay from a dead one.
     assert run_id in live_relay_runs(outbox_db)
     first.send_signal(signal.SIGKILL)
     first.wait(10)
     at_kill = _published(outbox_db)
     assert at_kill < len(events), "the relay finished before the kill; the test proves nothing"
-    _wait("the killed relay's session to end", lambda: run_id not in live_relay_runs(outbox_db), 10)
+    wait_for("the killed relay's session to end", lambda: run_id not in live_relay_runs(outbox_db), 10)
 
     second = relay_process(env, "--mode", "batch", log=tmp_path / "relay-2.log")
     assert second.wait(120) == 0, (tmp_path / "relay-2.log").read_text()
@@ -74,20 +66,20 @@ def test_broker_stop_and_restart_loses_nothing(outbox_db, platform_env, tenant, 
     events = write_events(outbox_db, tenant, keys, per_key=10)
     relay = relay_process(env, "--mode", "streaming", log=tmp_path / "relay.log")
     try:
-        _wait("the first events", lambda: _published(outbox_db) == len(events), 60, relay)
+        wait_for("the first events", lambda: _published(outbox_db) == len(events), 60, relay)
 
         own_broker["stop"]()
         for _ in range(5):  # the API keeps writing while Kafka is down
             events += write_events(outbox_db, tenant, keys, per_key=2)
             time.sleep(0.2)
-        _wait("a transient failure to be recorded", lambda: outbox_db.execute(
+        wait_for("a transient failure to be recorded", lambda: outbox_db.execute(
             "SELECT count(*) FROM outbox_events WHERE next_attempt_at IS NOT NULL AND last_error IS NOT NULL"
         ).fetchone()[0] > 0, 30, relay)
         assert outbox_db.execute("SELECT max(retry_count), count(dead_lettered_at) FROM outbox_events"
                                  ).fetchone() == (0, 0), "a broker outage is not the events' fault"
 
         own_broker["up"]()
-        _wait("every event after the restart", lambda: _published(outbox_db) == len(events), 90, relay)
+        wait_for("every event after the restart", lambda: _published(outbox_db) == len(events), 90, relay)
     finally:
         relay.send_signal(signal.SIGTERM)
         relay.wait(30)

@@ -4,7 +4,6 @@ over, and the topic holds every event exactly once, in per-key order, across the
 from __future__ import annotations
 
 import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -15,6 +14,7 @@ import pytest
 
 from aether_platform.db_url import libpq_url
 from aether_platform.relay import LOCK_KEY, SESSION_PREFIX
+from tests.conftest import wait_for
 from tests.relay.conftest import assert_per_key_order, consume, relay_process, write_events
 
 pytestmark = pytest.mark.slow
@@ -35,15 +35,6 @@ def _lock_holders(db) -> dict[str, bool]:
 
 def _published(db) -> int:
     return db.execute("SELECT count(*) FROM outbox_events WHERE published_at IS NOT NULL").fetchone()[0]
-
-
-def _wait(what: str, check, timeout: float, *procs: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        for p in procs:
-            assert p.poll() is None, f"a relay exited with {p.returncode} while waiting for {what}"
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.05)
 
 
 class Writer(threading.Thread):
@@ -81,25 +72,25 @@ def test_one_relay_leads_the_other_waits_and_takes_over_with_no_gap_or_duplicate
     first = relay_process(env, "--mode", "streaming", "--run-id", "relay-a", log=tmp_path / "relay-a.log")
     second = None
     try:
-        _wait("relay-a to lead", lambda: _lock_holders(outbox_db) == {"relay-a": True}, 60, first)
+        wait_for("relay-a to lead", lambda: _lock_holders(outbox_db) == {"relay-a": True}, 60, first)
         second = relay_process(env, "--mode", "streaming", "--run-id", "relay-b", log=tmp_path / "relay-b.log")
-        _wait("relay-b to wait for the lock", lambda: _lock_holders(outbox_db) == {"relay-a": True, "relay-b": False},
-              60, first, second)
+        wait_for("relay-b to wait for the lock",
+                 lambda: _lock_holders(outbox_db) == {"relay-a": True, "relay-b": False}, 60, first, second)
 
         writer.start()
         # While both run, only relay-a publishes: relay-b stays a waiter however much there is to do.
-        _wait("relay-a to publish under load", lambda: _published(outbox_db) >= 1000, 60, first, second)
+        wait_for("relay-a to publish under load", lambda: _published(outbox_db) >= 1000, 60, first, second)
         holders = _lock_holders(outbox_db)  # relay-b is between two one-second lock waits, or in one
         assert holders["relay-a"] is True and holders.get("relay-b", False) is False, holders
         assert "leads" not in (tmp_path / "relay-b.log").read_text()
 
         first.send_signal(signal.SIGTERM)  # the leader stops mid-stream; the writer goes on
         assert first.wait(30) == 0, (tmp_path / "relay-a.log").read_text()
-        _wait("relay-b to lead", lambda: _lock_holders(outbox_db) == {"relay-b": True}, 30, second)
+        wait_for("relay-b to lead", lambda: _lock_holders(outbox_db) == {"relay-b": True}, 30, second)
         at_handover = len(writer.events)
-        _wait("writes after the handover", lambda: len(writer.events) >= at_handover + 1000, 60, second)
+        wait_for("writes after the handover", lambda: len(writer.events) >= at_handover + 1000, 60, second)
         events = writer.stop()
-        _wait("relay-b to publish everything", lambda: _published(outbox_db) == len(events), 60, second)
+        wait_for("relay-b to publish everything", lambda: _published(outbox_db) == len(events), 60, second)
     finally:
         writer.stopping.set()
         for proc in (first, second):

@@ -6,7 +6,7 @@ import uuid
 
 from aether_platform import outbox
 from aether_platform.outbox_stats import outbox_stats
-from aether_platform.relay import Relay, has_eligible, requeue
+from aether_platform.relay import CLAIM_SQL, Relay, has_eligible, requeue
 from aether_platform.topics import MAX_MESSAGE_BYTES
 from tests.relay.conftest import assert_per_key_order, consume, write_events
 
@@ -88,8 +88,6 @@ def test_a_backoff_expiring_during_a_claim_never_lets_a_later_event_of_its_key_o
     was then published after it (seen once in a clean-clone run, on the poison test above).
     Here the earlier event's backoff ends a few milliseconds into a claim that first scans
     thousands of rows of other keys, many times over."""
-    from aether_platform.relay import CLAIM_SQL
-
     t = uuid.UUID(tenant)
     key = uuid.uuid4()
     first = outbox.make_event("JobCreated", "job", t, key, {"Title": "first"})

@@ -9,25 +9,17 @@ relay read, not by time, so a slow machine cannot fail it and a fast one cannot 
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 
 import psycopg
 
 from aether_platform.db_url import libpq_url
 from aether_platform.relay import SESSION_PREFIX, Relay, RelayConfig
-from tests.conftest import drop_database, migrated_database
+from tests.conftest import drop_database, migrated_database, wait_for
 from tests.relay.conftest import write_events
 
 TRICKLE = 15      # one at a time: enough executions for the claim and the mark to be prepared and generic
 KEYS, PER_KEY = 1000, 3
-
-
-def _wait(done, what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def _reads(conn: psycopg.Connection) -> tuple[int, int, int]:
@@ -52,20 +44,21 @@ def test_a_relay_that_planned_on_an_empty_outbox_drains_a_backlog_by_its_indexes
             runner.start()
             for i in range(TRICKLE):
                 write_events(conn, tenant, [uuid.uuid4()], per_key=1)
-                _wait(lambda: relay.totals.published == i + 1, f"trickle event {i + 1}", 30)
+                wait_for(f"trickle event {i + 1}", lambda: relay.totals.published == i + 1, 30)
             write_events(conn, tenant, [uuid.uuid4() for _ in range(KEYS)], per_key=PER_KEY)
             backlog = KEYS * PER_KEY
-            _wait(lambda: relay.totals.published == TRICKLE + backlog, "the backlog to drain", 300)
+            wait_for("the backlog to drain", lambda: relay.totals.published == TRICKLE + backlog, 300)
             relay.stop()
             runner.join(30)
             # A backend reports its counters when it exits.
-            _wait(lambda: not conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                                           " AND starts_with(application_name, %s)", (SESSION_PREFIX,)).fetchone()[0],
-                  "the relay's session to end", 30)
+            wait_for("the relay's session to end", lambda: not conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND starts_with(application_name, %s)", (SESSION_PREFIX,)).fetchone()[0], 30)
             seq_scans, seq_rows, probed = (b - a for a, b in zip(before, _reads(conn)))
     finally:
         relay.stop()
-        runner.join(30)
+        if runner.is_alive():  # not started if the test failed before: join() would hide why
+            runner.join(30)
         drop_database(base_database_url, name)
 
     events = TRICKLE + backlog
