@@ -49,7 +49,10 @@ outbox_events = Table(
     Column("traceparent", String(55)),
     Column("kafka_partition", Integer),
     Column("kafka_offset", BigInteger),
-    Index("IX_outbox_events_published_occurred", "published_at", "occurred_at"),
+    # The seed's index, made partial (migration 0008): holding unpublished rows under NULL, it let
+    # the relay's "blocked?" probe read every pending row per claimed row when statistics were stale.
+    Index("IX_outbox_events_published_occurred", "published_at", "occurred_at",
+          postgresql_where=text("published_at IS NOT NULL")),
     Index("IX_outbox_events_tenant", "tenant_id"),
     # "Oldest pending first" is an index-only walk of this partial index; the seed's
     # (published_at, occurred_at) index would also have to skip every published row's NULL test.
