@@ -176,3 +176,116 @@ def test_sessions_terminated_mid_statement_answer_unreachable_and_the_pool_recov
     assert errors, "no statement was interrupted; the test did not exercise anything"
     assert {type(e) for e in errors} == {DatabaseUnreachable}, {type(e).__name__ for e in errors}
     assert after == [True] * 20
+
+
+def _sessions(url: str) -> list[int]:
+    with psycopg.connect(url, autocommit=True) as admin:
+        return [r[0] for r in admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND datname = current_database()",
+            (APPLICATION_NAME,)).fetchall()]
+
+
+PID_SQL = "SELECT pg_backend_pid() + %s::int"
+SLEEP_SQL = "SELECT pg_sleep(%s) IS NOT NULL"
+SLEEP_PID_SQL = "SELECT pg_backend_pid() FROM pg_sleep(%s)"
+# Sessions of other tests may linger (a statement cut off on the client side runs on until it
+# next looks at its socket), so these tests follow their own sessions by pid.
+
+
+def test_writers_beyond_the_pool_size_wait_their_turn_on_at_most_that_many_sessions(database_url):
+    url = libpq_url(database_url)
+
+    async def main():
+        pool = StatementPool(url, max_size=2)
+        await pool.open()
+        try:
+            results = await asyncio.gather(*(pool.claimed_write(SLEEP_PID_SQL, (0.02,)) for _ in range(12)))
+            return results, _sessions(url)
+        finally:
+            await pool.close()
+
+    pids, sessions = asyncio.run(main())
+    # Each session the pool opened ran a statement: two pids, two sessions.
+    assert len(set(pids)) == 2 and set(pids) <= set(sessions), (pids, sessions)
+
+
+def test_a_writer_that_waits_too_long_fails_unreachable_and_takes_no_slot_with_it(database_url):
+    url = libpq_url(database_url)
+
+    async def main():
+        pool = StatementPool(url, max_size=1, timeout=0.2)
+        await pool.open()
+        try:
+            before = await pool.claimed_write(PID_SQL, (0,))
+            busy = asyncio.create_task(pool.claimed_write(SLEEP_SQL, (1.0,)))
+            await asyncio.sleep(0.1)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(DatabaseUnreachable, match="TimeoutError"):
+                await pool.claimed_write(PID_SQL, (0,))
+            waited = loop.time() - started
+            cancelled = asyncio.create_task(pool.claimed_write(PID_SQL, (0,)))
+            await asyncio.sleep(0.05)
+            cancelled.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await cancelled
+            assert await busy is True
+            return before, waited, await pool.claimed_write(PID_SQL, (0,))
+        finally:
+            await pool.close()
+
+    before, waited, after = asyncio.run(main())
+    assert waited < 0.9, f"the timed-out writer waited {waited:.2f}s, for the busy statement to end"
+    assert after == before, "the one slot is still served by its one session"
+
+
+def test_a_writer_cancelled_mid_statement_leaves_no_session_in_an_unknown_state(database_url):
+    """Its connection is dropped rather than handed out again, and its slot opens a new one."""
+    url = libpq_url(database_url)
+
+    async def main():
+        pool = StatementPool(url, max_size=1)
+        await pool.open()
+        try:
+            first = await pool.claimed_write(PID_SQL, (0,))
+            interrupted = asyncio.create_task(pool.claimed_write(SLEEP_SQL, (1.0,)))
+            await asyncio.sleep(0.2)
+            interrupted.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await interrupted
+            return first, await asyncio.wait_for(pool.claimed_write(PID_SQL, (0,)), 5)
+        finally:
+            await pool.close()
+
+    first, after = asyncio.run(main())
+    assert after != first
+
+
+def test_a_connection_idle_past_its_lifetime_is_closed_not_used(database_url):
+    url = libpq_url(database_url)
+
+    async def main():
+        pool = StatementPool(url, max_size=2)
+        pool.IDLE_LIFETIME = 0.3
+        await pool.open()
+        try:
+            # Two sessions, then only one in use: the other idles at the bottom of the stack.
+            opened = set(await asyncio.gather(pool.claimed_write(SLEEP_PID_SQL, (0.1,)),
+                                              pool.claimed_write(SLEEP_PID_SQL, (0.1,))))
+            assert len(opened) == 2 and opened <= set(_sessions(url))
+            pids = set()
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 1.0
+            while loop.time() < end:
+                pids.add(await pool.claimed_write(PID_SQL, (0,)))
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.1)  # the background close reaches the server
+            alive = opened & set(_sessions(url))
+            await asyncio.sleep(0.4)
+            return pids, alive, await pool.claimed_write(PID_SQL, (0,))
+        finally:
+            await pool.close()
+
+    pids, alive, last = asyncio.run(main())
+    assert len(pids) == 1 and alive == pids, "the one idle past its lifetime was closed"
+    assert last not in pids, "a connection idle past its lifetime is not used again"
