@@ -80,6 +80,8 @@ ELSEWHERE: dict[str, tuple[str, str, str]] = {
     "AETHER_BENCH_OUT": ("bench/__main__.py, bench/report.py", "bench/results",
                          "Set by `python -m bench` for each benchmark: where its results go."),
     "AETHER_BENCH_PGBENCH_CLIENTS": ("bench/api_write.py", "10,25,50,100", "pgbench client counts of the baseline."),
+    "AETHER_BENCH_API_POOLS": ("bench/api_write.py", "5,10,20,30",
+                               "API database pool sizes swept for the API's capacity, as pgbench's clients are."),
     "AETHER_BENCH_IDLE_SECONDS": ("bench/relay_idle.py", "60", "How long the idle relay's CPU is measured."),
     "AETHER_BENCH_API_CAPACITY": ("bench/report.py", "(measured)", "The API capacity that load levels are judged against, "
                                   "when not measured in the run."),

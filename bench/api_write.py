@@ -8,7 +8,13 @@
    can do for this write at its best.
 2. Throughput (the API's capacity): wrk, 50 connections, unique Idempotency-Keys, against the API
    served as in production (uvicorn, one worker per core less one for PostgreSQL, uvloop,
-   httptools with the head-and-body coalescing of api.http_protocol). Ratio = API req/s / ceiling.
+   httptools with the head-and-body coalescing of api.http_protocol). Its database pool size is
+   the best of AETHER_BENCH_API_POOLS (default 5,10,20,30) in a sweep of the same length, each
+   on a fresh, warmed API process: the two sides' concurrency against PostgreSQL is tuned the
+   same way. Both depend on it: on a 2-core machine pgbench at 10 clients did about 40 % more
+   than at 50, and the API at pool 20 (its default) about 25 % more than at 30, which this
+   benchmark used to fix.
+   Ratio = API req/s / ceiling.
    Every wrk error counts: non-2xx statuses, connect, read and write errors, and timeouts
    (answers slower than wrk's --timeout, which wrk leaves out of its percentiles).
 3. Latency under load at 25 % and 50 % of the capacity just measured (and a fixed 500 req/s row,
@@ -21,7 +27,7 @@
 Phases 1 and 2 alternate in AETHER_BENCH_ROUNDS rounds (default 5) that share
 AETHER_BENCH_SECONDS (default 15) per side; the ratio is of their means.
 
-Env: AETHER_BENCH_SECONDS, AETHER_BENCH_ROUNDS, AETHER_BENCH_PGBENCH_CLIENTS,
+Env: AETHER_BENCH_SECONDS, AETHER_BENCH_ROUNDS, AETHER_BENCH_PGBENCH_CLIENTS, AETHER_BENCH_API_POOLS,
 AETHER_API_WORKERS (default: as the stack, cores - 1).
 """
 from __future__ import annotations
@@ -51,6 +57,7 @@ STEADY_TENANT = "00000000-0000-0000-0000-0000000000bb"
 STEADY_RATE = 500
 ROUNDS = int(os.environ.get("AETHER_BENCH_ROUNDS", 5))
 PGBENCH_CLIENTS = [int(c) for c in os.environ.get("AETHER_BENCH_PGBENCH_CLIENTS", "10,25,50,100").split(",") if c]
+API_POOLS = [int(c) for c in os.environ.get("AETHER_BENCH_API_POOLS", "5,10,20,30").split(",") if c]
 FRACTIONS = (0.25, 0.5)
 WRK_TIMEOUT = "10s"
 
@@ -135,13 +142,40 @@ def settle(url: str) -> None:
         conn.execute("CHECKPOINT")
 
 
-def start_api(url: str) -> tuple[subprocess.Popen, int]:
-    """The API on `url`'s database, and its port."""
+def start_api(url: str, pool: int) -> tuple[subprocess.Popen, int]:
+    """The API on `url`'s database with at most `pool` connections per worker, and its port."""
     # The per-tenant write limit is off: this measures the API's capacity, not the limiter.
-    env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(REPO), "AETHER_DB_POOL_MAX": "30",
+    env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(REPO), "AETHER_DB_POOL_MAX": str(pool),
            "AETHER_WRITE_RATE_PER_TENANT": "0"}
     proc, base = bench_api.start_api(env, "--workers", str(WORKERS), "--log-level", "warning")
     return proc, int(base.rsplit(":", 1)[1])
+
+
+def stop_api(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=20)
+
+
+def warm_api(port: int, errors: dict[str, int]) -> None:
+    """The first seconds of a fresh API process measure its caches and its statements' plans."""
+    for k, v in wrk(port, 3)[3].items():
+        errors[f"wrk {k}"] += v
+
+
+def api_best_pool(url: str, seconds: int, errors: dict[str, int]) -> tuple[int, dict[int, float]]:
+    """The pool size at which the API writes fastest, from a short sweep over fresh, warmed
+    processes; every error of the sweep counts too."""
+    rps = {}
+    for pool in API_POOLS:
+        proc, port = start_api(url, pool)
+        try:
+            warm_api(port, errors)
+            rps[pool], _, _, errs = wrk(port, seconds)
+            for k, v in errs.items():
+                errors[f"wrk {k}"] += v
+        finally:
+            stop_api(proc)
+    return max(rps, key=rps.get), rps
 
 
 WRK_ERRORS = ("status", "connect", "read", "write", "timeout")
@@ -177,19 +211,25 @@ def main() -> None:
     progress("preparing two fresh bench databases")
     ceiling_db = fresh_database(cfg.database_url, "aether_bench_pgbench")
     api_db = fresh_database(cfg.database_url, "aether_bench_api")
-    progress(f"starting the API: python -m api, {WORKERS} workers")
-    api, port = start_api(api_db)
     errors = {f"wrk {k}": 0 for k in WRK_ERRORS}
+    # Both sides get the same warm-up (the first seconds of each measure caches and plans) and the
+    # same sweep for their best concurrency against the database.
+    progress("warm-up, 3s: database (pgbench)")
+    pgbench(ceiling_db, 3, CLIENTS)
+    sweep = max(2, SECONDS // 5)
+    progress(f"pgbench client sweep, {sweep}s each: {PGBENCH_CLIENTS}")
+    best_clients, sweep_tps = pgbench_best_clients(ceiling_db, sweep)
+    progress(f"API pool sweep, python -m api, {WORKERS} workers, warm-up 3s then {sweep}s each: {API_POOLS}")
+    best_pool, sweep_rps = api_best_pool(api_db, sweep, errors)
+    # The sweeps leave vacuum and checkpoint work that would land on the rounds' first side.
+    progress("settling the databases (VACUUM ANALYZE, CHECKPOINT)")
+    settle(api_db)
+    settle(ceiling_db)
+    progress(f"starting the API: python -m api, {WORKERS} workers, pool {best_pool}; warm-up 3s")
+    api, port = start_api(api_db, best_pool)
     steady_rows: list[tuple[str, float, bool, list[float], list[float], dict[str, int]]] = []
     try:
-        # Both sides get the same warm-up: the first seconds of each measure caches and plans.
-        progress("warm-up, 3s each: API (wrk), database (pgbench)")
-        for k, v in wrk(port, 3)[3].items():
-            errors[f"wrk {k}"] += v
-        pgbench(ceiling_db, 3, CLIENTS)
-        sweep = max(2, SECONDS // 5)
-        progress(f"pgbench client sweep, {sweep}s each: {PGBENCH_CLIENTS}")
-        best_clients, sweep_tps = pgbench_best_clients(ceiling_db, sweep)
+        warm_api(port, errors)
         # Ceiling and API alternate in short rounds: this machine's speed drifts by 20-30% within
         # minutes (other tenants), and a ratio of two phases minutes apart measured that drift.
         # The idle API process stays up during the pgbench rounds; it costs a few % of one core.
@@ -225,8 +265,7 @@ def main() -> None:
             for k, v in errs.items():
                 errors[f"open-loop {k}"] = errors.get(f"open-loop {k}", 0) + v
     finally:
-        os.killpg(api.pid, 15)
-        api.wait(timeout=20)
+        stop_api(api)
     with psycopg.connect(libpq_url(api_db)) as conn:
         jobs, events, keys = conn.execute("SELECT (SELECT count(*) FROM jobs), (SELECT count(*) FROM outbox_events),"
                                           " (SELECT count(*) FROM idempotency_keys)").fetchone()
@@ -247,12 +286,14 @@ def main() -> None:
                    **(dict(goal="<= 5x pgbench", at_most=5, on="ratio") if judged else {})),
         ]
     sweep_text = ", ".join(f"{c}: {t:,.0f}" for c, t in sweep_tps.items())
+    pool_text = ", ".join(f"{c}: {t:,.0f}" for c, t in sweep_rps.items())
     offered = ", ".join(f"{label}: {rate:,.0f} req/s" for label, rate, *_ in steady_rows)
     emit("api_write", "CRM API: POST /api/crm/jobs against the database ceiling",
          "make bench  (or: python -m bench api_write)", figures, errors=errors,
          notes=(f"{ROUNDS} alternating rounds of {phase}s (API req/s / ceiling TPS each: {rounds}); the figures "
                 f"are their means, the p50 their median and the p99 their maximum. pgbench client sweep (TPS): "
-                f"{sweep_text}; the ceiling uses {best_clients}. Offered rates: {offered}. Latency under load counts from each request's "
+                f"{sweep_text}; the ceiling uses {best_clients}. API pool sweep (req/s): {pool_text}; the API "
+                f"uses {best_pool}. Offered rates: {offered}. Latency under load counts from each request's "
                 f"scheduled start, for both the API and pgbench -R ({CLIENTS} clients). wrk timeout "
                 f"{WRK_TIMEOUT}: answers slower than that count as wrk timeout errors, above. Rows written: {jobs} "
                 f"jobs, {events} outbox events, {keys} idempotency keys — one of each per accepted request. "
