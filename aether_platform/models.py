@@ -61,12 +61,13 @@ outbox_events = Table(
         "id",
         postgresql_where=text("published_at IS NULL AND dead_lettered_at IS NULL"),
     ),
-    # Per-key order: "is an earlier event of this key still unpublished?" must be cheap.
+    # Per-key order: "is an earlier event of this key blocked?" must be cheap however long the
+    # key's backlog, so only rows that can block are indexed (migration 0009).
     Index(
-        "ix_outbox_events_unpublished_key",
+        "ix_outbox_events_blocked_key",
         "aggregate_key",
         "id",
-        postgresql_where=text("published_at IS NULL"),
+        postgresql_where=text("published_at IS NULL AND (dead_lettered_at IS NOT NULL OR next_attempt_at IS NOT NULL)"),
     ),
     # Counting dead letters (/metrics, the relay's stats) must not scan the table (migration 0006).
     Index("ix_outbox_events_dead_lettered", "id", postgresql_where=text("dead_lettered_at IS NOT NULL")),

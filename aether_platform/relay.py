@@ -83,11 +83,13 @@ PERMANENT_ERRORS = frozenset({
 # key let the later one be claimed alone and overtake it on the topic.
 # OFFSET 0 keeps "blocked" a probe per candidate row, by its key and id: without it the planner
 # may fold NOT EXISTS into an anti-join, and the generic plan of one costed on a near-empty outbox
-# walks the whole ix_outbox_events_unpublished_key for every candidate row (see PLANNER_OPTIONS).
-# The probe can only read ix_outbox_events_unpublished_key: with statistics taken while nothing
-# was pending the planner used to prefer the published_at index, reading every pending row per
-# candidate (a 5,000-event backlog claimed at 3,300/s instead of 52,000/s), until migration 0008
-# made that index hold published rows only.
+# walked a whole index for every candidate row (see PLANNER_OPTIONS).
+# The probe reads ix_outbox_events_blocked_key, which holds only rows that can block (migration
+# 0009), so it costs the same however long the key's backlog; reading every earlier pending row
+# of the key instead drained one hot key's 5,000-event backlog at 1,091 events/s, not 54,564/s.
+# With statistics taken while nothing was pending the planner used to probe through the
+# published_at index instead, reading every pending row per candidate (3,300/s instead of
+# 52,000/s), until migration 0008 made that index hold published rows only.
 ELIGIBLE = """
     e.published_at IS NULL AND e.dead_lettered_at IS NULL
     AND (e.next_attempt_at IS NULL OR e.next_attempt_at <= statement_timestamp())
@@ -149,13 +151,15 @@ STATUS_SQL = """
 # the server may then keep one generic plan, costed on the table as it was, until the next ANALYZE.
 # A relay that started on an empty outbox (a fresh deployment, a truncated table, every test and
 # benchmark database) kept a mark that hashed a sequential scan of the whole table and a claim that
-# walked the whole unpublished-key index for each candidate row. Measured on the 2-core machine
+# walked a whole index for each candidate row. Measured on the 2-core machine
 # (bench/relay_latency.py's setup, /proc): a 20,000-event backlog then drained at 200 events/s
 # instead of about 40,000; a steady 680 events/s cost the relay's session 756 µs of CPU per event
 # instead of 279, and commit → ack p50 was 2.0–2.4 ms instead of 0.7–0.9. These settings make the
 # planner take the index path even when it believes the table tiny (they add a cost penalty, they
 # forbid nothing: a statement with no index path still runs); ELIGIBLE's OFFSET 0 covers the probe.
-PLANNER_OPTIONS = "-c enable_seqscan=off -c enable_hashjoin=off"
+# Merge joins too: planned for a batch of 500 on an outbox of 10,000 rows, the mark merge-joined
+# the ids with a walk of the whole primary key from its first row (13 ms instead of 2).
+PLANNER_OPTIONS = "-c enable_seqscan=off -c enable_hashjoin=off -c enable_mergejoin=off"
 
 # synchronous_commit=off: a mark need not wait for its WAL flush. A database crash can forget the
 # last few hundred milliseconds of marks; those events are sent again with the same ids (at least
