@@ -180,8 +180,12 @@ class StatementPool:
                 async with asyncio.timeout_at(deadline):
                     conn = await waiter
             except BaseException:
+                # Handed a connection, or a free slot (None), as the wait ended: pass it on.
                 if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                    self._release(waiter.result())  # handed over as the wait ended: pass it on
+                    if (handed := waiter.result()) is None:
+                        self._wake()
+                    else:
+                        self._release(handed)
                 raise
             if conn is not None:
                 return conn

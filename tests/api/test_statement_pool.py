@@ -282,3 +282,25 @@ def test_a_connection_idle_past_its_lifetime_is_closed_not_used(database_url):
     pids, alive, last = asyncio.run(main())
     assert len(pids) == 1 and alive == pids, "the one idle past its lifetime was closed"
     assert last not in pids, "a connection idle past its lifetime is not used again"
+
+
+def test_a_free_slot_handed_to_a_waiter_that_is_then_cancelled_passes_to_the_next(database_url):
+    """A broken connection frees its slot to the first waiter; if that waiter is cancelled before
+    it runs, the slot must go on to the next one, not stay free while others wait."""
+    url = libpq_url(database_url)
+
+    async def main():
+        async with _opened(url, max_size=1) as pool:
+            held = await pool._acquire()
+            first = asyncio.create_task(pool._acquire())
+            second = asyncio.create_task(pool._acquire())
+            await asyncio.sleep(0.05)  # both are waiting
+            pool._release(held, broken=True)  # the slot goes to `first`, which has not run yet
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            conn = await asyncio.wait_for(second, 3)
+            pool._release(conn)
+            return await pool.claimed_write(PID_SQL, (0,))
+
+    assert isinstance(asyncio.run(main()), int)
