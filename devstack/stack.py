@@ -312,6 +312,8 @@ def _default_stop_signals() -> None:
     by exec anyway."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
+    # _spawn blocks them around the fork, and a blocked mask survives exec too.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def _spawn(cfg: Config, name: str, argv: list[str], env: dict[str, str] | None = None,
@@ -330,11 +332,17 @@ def _spawn(cfg: Config, name: str, argv: list[str], env: dict[str, str] | None =
     # A new session: Ctrl-C in the terminal reaches only the stack command, which then stops
     # each piece in order; `down` can signal the whole process group (uvicorn workers, the
     # Dagster code server and its runs).
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            cwd=cwd, env={**os.environ, **(env or {})}, start_new_session=True,
-                            preexec_fn=_default_stop_signals)
-    log.close()
-    _pidfile(cfg, name).write_text(str(proc.pid))
+    # Ctrl-C between the fork and the pid file left a server running that `down` could not find
+    # (a clean-clone run interrupted a start there): the stop signals wait until it is recorded.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                cwd=cwd, env={**os.environ, **(env or {})}, start_new_session=True,
+                                preexec_fn=_default_stop_signals)
+        _pidfile(cfg, name).write_text(str(proc.pid))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        log.close()
     return proc.pid
 
 
