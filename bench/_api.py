@@ -4,6 +4,8 @@ API's start; returns once the server answers HTTP.
 """
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -36,3 +38,11 @@ def start_api(env: dict[str, str], *args: str, log=None, timeout: float = 60) ->
             proc.kill()
             raise RuntimeError(f"the API did not start (exit {proc.poll()}){f'; see {log.name}' if log else ''}")
         time.sleep(0.2)
+
+
+def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """Stop a process a benchmark started in its own session (the API, a relay), with its whole
+    group (uvicorn's workers), and wait for it."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout)

@@ -151,15 +151,17 @@ def start_api(url: str, pool: int) -> tuple[subprocess.Popen, int]:
     return proc, int(base.rsplit(":", 1)[1])
 
 
-def stop_api(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, 15)
-    proc.wait(timeout=20)
+def counted_wrk(port: int, seconds: int, errors: dict[str, int]) -> tuple[float, float, float, dict[str, int]]:
+    """wrk(), its errors also added to `errors`: every phase's count, warm-ups and sweeps too."""
+    run = wrk(port, seconds)
+    for k, v in run[3].items():
+        errors[f"wrk {k}"] += v
+    return run
 
 
 def warm_api(port: int, errors: dict[str, int]) -> None:
     """The first seconds of a fresh API process measure its caches and its statements' plans."""
-    for k, v in wrk(port, 3)[3].items():
-        errors[f"wrk {k}"] += v
+    counted_wrk(port, 3, errors)
 
 
 def api_best_pool(url: str, seconds: int, errors: dict[str, int]) -> tuple[int, dict[int, float]]:
@@ -170,11 +172,9 @@ def api_best_pool(url: str, seconds: int, errors: dict[str, int]) -> tuple[int, 
         proc, port = start_api(url, pool)
         try:
             warm_api(port, errors)
-            rps[pool], _, _, errs = wrk(port, seconds)
-            for k, v in errs.items():
-                errors[f"wrk {k}"] += v
+            rps[pool] = counted_wrk(port, seconds, errors)[0]
         finally:
-            stop_api(proc)
+            bench_api.stop(proc)
     return max(rps, key=rps.get), rps
 
 
@@ -239,14 +239,11 @@ def main() -> None:
             progress(f"round {r}/{ROUNDS}: database ceiling, pgbench, {best_clients} clients, {phase}s")
             ceilings.append(pgbench(ceiling_db, phase, best_clients)[0])
             progress(f"round {r}/{ROUNDS}: API throughput, wrk, {CLIENTS} connections, {phase}s")
-            runs.append(wrk(port, phase))
+            runs.append(counted_wrk(port, phase, errors))
         ceiling = sum(ceilings) / ROUNDS
         rps = sum(run[0] for run in runs) / ROUNDS
         p50 = sorted(run[1] for run in runs)[ROUNDS // 2]
         p99 = max(run[2] for run in runs)
-        for run in runs:
-            for k, v in run[3].items():
-                errors[f"wrk {k}"] += v
         rounds = ", ".join(f"{run[0]:,.0f}/{c:,.0f} = {run[0] / c:.3f}" for run, c in zip(runs, ceilings))
         # The goal is judged at 50 %: loaded, but not so near saturation that a queue decides it.
         # Labels name the fraction, not the rate: figures are matched by name across rounds.
@@ -265,7 +262,7 @@ def main() -> None:
             for k, v in errs.items():
                 errors[f"open-loop {k}"] = errors.get(f"open-loop {k}", 0) + v
     finally:
-        stop_api(api)
+        bench_api.stop(api)
     with psycopg.connect(libpq_url(api_db)) as conn:
         jobs, events, keys = conn.execute("SELECT (SELECT count(*) FROM jobs), (SELECT count(*) FROM outbox_events),"
                                           " (SELECT count(*) FROM idempotency_keys)").fetchone()

@@ -123,8 +123,7 @@ def main() -> None:
                 rows.append((label, rate, judged, latencies, floor, len(due_of)))
         finally:
             for proc in (relay, api):
-                os.killpg(proc.pid, 15)
-                proc.wait(timeout=30)
+                bench_api.stop(proc, timeout=30)
     figures = []
     for label, rate, judged, latencies, floor, _n in rows:
         figures += [

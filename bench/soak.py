@@ -185,9 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             exited = [name for name, proc in procs.items() if proc.poll() is not None]
         finally:
             for proc in procs.values():
-                if proc.poll() is None:
-                    os.killpg(proc.pid, 15)
-                    proc.wait(timeout=30)
+                bench_api.stop(proc, timeout=30)
         counts = topic_counts(bootstrap, topic)
     return report(args, warm, cap, how, rate, load, reader.arrivals, sampler.samples, start, retirements,
                   counts, exited)
