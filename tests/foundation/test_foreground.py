@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import CLI, REPO
+from tests.conftest import CLI, REPO, wait_for
 from tests.foundation.test_stack import _isolated_env, _processes_mentioning, aether, state_dir  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -31,10 +31,7 @@ def test_ctrl_c_during_start_up_stops_what_has_started(state_dir):  # noqa: F811
         # "starting broker" is said just before the spawn, and PostgreSQL's own processes already
         # count as two: wait for the stack's record of the broker, its pid file.
         broker = state_dir / "pids" / "kafka.pid"
-        deadline = time.monotonic() + 60
-        while not broker.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert broker.exists(), "".join(lines)
+        wait_for(f"the broker's pid file, after: {''.join(lines)}", broker.exists, 60)
         proc.send_signal(signal.SIGINT)
         rest = proc.communicate(timeout=120)[0]
     finally:
