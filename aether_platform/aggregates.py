@@ -8,6 +8,7 @@ request and response models in api/schemas.py (MODELS), and its table in a migra
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class AggregateSpec:
     def event_types(self) -> tuple[str, ...]:
         return tuple(f"{self.event_prefix}{verb}" for verb in ("Created", "Updated", "Deleted"))
 
-    @property
+    @functools.cached_property  # read on every write
     def columns(self) -> tuple[str, ...]:
         return ("id", "tenant_id", *(f.column for f in self.fields), "created_at", "updated_at", "version")
 
