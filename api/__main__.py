@@ -5,6 +5,7 @@ What it fixes, and why each option is here rather than at each launcher:
 - uvloop, and uvicorn's httptools protocol with the head held until the body
   (api.http_protocol): one send per small answer.
 - No access log: it would print query strings, where a stream ticket or token may travel.
+- No `server: uvicorn` header: it tells a scanner what to try and a client nothing.
 - Logging from aether_platform.logs (AETHER_LOG_FORMAT, AETHER_LOG_LEVEL) in every process.
 - A 5 s graceful shutdown: open event streams are told to end (api.stream.lifecycle), then cut.
 - `--fd N` serves an already-bound listening socket. A parent that needs a free port (a test, the
@@ -27,7 +28,7 @@ from aether_platform import logs
 
 APP = "api.main:app"
 SERVING = {"loop": "uvloop", "http": "api.http_protocol:HttpToolsProtocol", "access_log": False,
-           "timeout_graceful_shutdown": 5}
+           "server_header": False, "timeout_graceful_shutdown": 5}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
