@@ -13,7 +13,8 @@
    on a fresh, warmed API process: the two sides' concurrency against PostgreSQL is tuned the
    same way. Both depend on it: on a 2-core machine pgbench at 10 clients did about 40 % more
    than at 50, and the API at pool 20 (its default) about 25 % more than at 30, which this
-   benchmark used to fix.
+   benchmark used to fix. Both sweeps measure each setting twice, in mirrored order
+   (mirrored_sweep), so that the machine's drift during a sweep does not pick the setting.
    Ratio = API req/s / ceiling.
    Every wrk error counts: non-2xx statuses, connect, read and write errors, and timeouts
    (answers slower than wrk's --timeout, which wrk leaves out of its percentiles).
@@ -128,10 +129,22 @@ def pgbench(url: str, seconds: int, clients: int, rate: float | None = None) -> 
     return float(m.group(1)), latencies
 
 
+def mirrored_sweep(settings: list[int], measure) -> tuple[int, dict[int, float]]:
+    """(the setting whose mean `measure` is highest, the mean of each). Every setting is measured
+    twice, in ascending then descending order: this machine's speed drifts by 20-40 % within
+    minutes, and a single pass in one order favours whichever settings ran while it was fast
+    (one make bench picked the API's worst pool size of a sweep where it had been measured last).
+    Mirrored, a steady drift weighs every setting alike, and each figure is two samples."""
+    samples: dict[int, list[float]] = {s: [] for s in settings}
+    for s in [*settings, *reversed(settings)]:
+        samples[s].append(measure(s))
+    means = {s: sum(v) / len(v) for s, v in samples.items()}
+    return max(means, key=means.get), means
+
+
 def pgbench_best_clients(url: str, seconds: int) -> tuple[int, dict[int, float]]:
     """The client count at which pgbench writes fastest, from a short sweep."""
-    tps = {c: pgbench(url, seconds, c)[0] for c in PGBENCH_CLIENTS}
-    return max(tps, key=tps.get), tps
+    return mirrored_sweep(PGBENCH_CLIENTS, lambda clients: pgbench(url, seconds, clients)[0])
 
 
 def settle(url: str) -> None:
@@ -167,15 +180,15 @@ def warm_api(port: int, errors: dict[str, int]) -> None:
 def api_best_pool(url: str, seconds: int, errors: dict[str, int]) -> tuple[int, dict[int, float]]:
     """The pool size at which the API writes fastest, from a short sweep over fresh, warmed
     processes; every error of the sweep counts too."""
-    rps = {}
-    for pool in API_POOLS:
+    def measure(pool: int) -> float:
         proc, port = start_api(url, pool)
         try:
             warm_api(port, errors)
-            rps[pool] = counted_wrk(port, seconds, errors)[0]
+            return counted_wrk(port, seconds, errors)[0]
         finally:
             bench_api.stop(proc)
-    return max(rps, key=rps.get), rps
+
+    return mirrored_sweep(API_POOLS, measure)
 
 
 WRK_ERRORS = ("status", "connect", "read", "write", "timeout")
@@ -217,9 +230,10 @@ def main() -> None:
     progress("warm-up, 3s: database (pgbench)")
     pgbench(ceiling_db, 3, CLIENTS)
     sweep = max(2, SECONDS // 5)
-    progress(f"pgbench client sweep, {sweep}s each: {PGBENCH_CLIENTS}")
+    progress(f"pgbench client sweep, {sweep}s each, two passes in mirrored order: {PGBENCH_CLIENTS}")
     best_clients, sweep_tps = pgbench_best_clients(ceiling_db, sweep)
-    progress(f"API pool sweep, python -m api, {WORKERS} workers, warm-up 3s then {sweep}s each: {API_POOLS}")
+    progress(f"API pool sweep, python -m api, {WORKERS} workers, warm-up 3s then {sweep}s each, two passes in "
+             f"mirrored order: {API_POOLS}")
     best_pool, sweep_rps = api_best_pool(api_db, sweep, errors)
     # The sweeps leave vacuum and checkpoint work that would land on the rounds' first side.
     progress("settling the databases (VACUUM ANALYZE, CHECKPOINT)")
@@ -288,8 +302,9 @@ def main() -> None:
     emit("api_write", "CRM API: POST /api/crm/jobs against the database ceiling",
          "make bench  (or: python -m bench api_write)", figures, errors=errors,
          notes=(f"{ROUNDS} alternating rounds of {phase}s (API req/s / ceiling TPS each: {rounds}); the figures "
-                f"are their means, the p50 their median and the p99 their maximum. pgbench client sweep (TPS): "
-                f"{sweep_text}; the ceiling uses {best_clients}. API pool sweep (req/s): {pool_text}; the API "
+                f"are their means, the p50 their median and the p99 their maximum. pgbench client sweep (TPS, "
+                f"mean of two passes in mirrored order): {sweep_text}; the ceiling uses {best_clients}. API pool "
+                f"sweep (req/s, likewise): {pool_text}; the API "
                 f"uses {best_pool}. Offered rates: {offered}. Latency under load counts from each request's "
                 f"scheduled start, for both the API and pgbench -R ({CLIENTS} clients). wrk timeout "
                 f"{WRK_TIMEOUT}: answers slower than that count as wrk timeout errors, above. Rows written: {jobs} "
