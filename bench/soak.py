@@ -15,7 +15,8 @@ duplicated on the topic (0).
   answer; end to end from the due time to the event's arrival on an SSE client.
 - Lost/duplicated: at the end the topic is read from the beginning; every accepted job must be
   there exactly once (by its key, the job id: a create is one event). Every non-202 answer, failed connection,
-  retention failure and exited process counts as an error.
+  retention failure and exited process counts as an error, and so does every error of the
+  capacity run that sets the rate.
 
 `python -m bench soak --minutes 30` (or `python -m bench.soak --minutes 30`);
 make bench runs AETHER_BENCH_SOAK_MINUTES (default 3).
@@ -56,29 +57,36 @@ SAMPLE_SQL = """
 """
 
 
-async def closed_loop(port: int, seconds: float) -> float:
-    """Creates/s with CLIENTS connections each sending its next request on the previous answer."""
-    tenant, done, end = str(uuid.uuid4()).encode(), 0, time.monotonic() + seconds
+async def closed_loop(port: int, seconds: float) -> tuple[float, int]:
+    """(creates/s, other answers) with CLIENTS connections each sending its next request on the
+    previous answer."""
+    tenant, done, refused, end = str(uuid.uuid4()).encode(), 0, 0, time.monotonic() + seconds
 
     async def client():
-        nonlocal done
+        nonlocal done, refused
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         while time.monotonic() < end:
             head, _ = await exchange(reader, writer, tenant)
-            done += head.startswith(b"HTTP/1.1 202")
+            accepted = head.startswith(b"HTTP/1.1 202")
+            done += accepted
+            refused += not accepted
         writer.close()
 
     t0 = time.monotonic()
     await asyncio.gather(*(client() for _ in range(CLIENTS)))
-    return done / (time.monotonic() - t0)
+    return done / (time.monotonic() - t0), refused
 
 
-def capacity(port: int, seconds: int = 10) -> tuple[float, str]:
+def capacity(port: int, seconds: int = 10) -> tuple[float, str, dict[str, int]]:
+    """(creates/s, how it was measured, the errors of that run by kind): a capacity measured
+    through errors sets the soak's rate wrong, so they count against the soak like its own."""
     if shutil.which("wrk"):
         from bench.api_write import wrk
 
-        return wrk(port, seconds)[0], "wrk, 50 connections"
-    return uvloop.run(closed_loop(port, seconds)), "closed-loop Python client, 50 connections"
+        rps, _, _, errs = wrk(port, seconds)
+        return rps, "wrk, 50 connections", {f"capacity run: wrk {k}": v for k, v in errs.items()}
+    rps, refused = uvloop.run(closed_loop(port, seconds))
+    return rps, "closed-loop Python client, 50 connections", {"capacity run: non-202 answers": refused}
 
 
 class Sampler(threading.Thread):
@@ -156,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                                       stderr=subprocess.DEVNULL)}
         retirements: list[dict] = []
         try:
-            cap, how = capacity(port)
+            cap, how, cap_errors = capacity(port)
             rate = max(10.0, args.fraction * cap)
             progress(f"API capacity {cap:,.0f} creates/s ({how}); soak at {rate:,.0f}/s for {args.minutes} min, "
                      f"retention {args.retention_seconds}s every {args.retire_every:g}s")
@@ -188,10 +196,11 @@ def main(argv: list[str] | None = None) -> int:
                 bench_api.stop(proc, timeout=30)
         counts = topic_counts(bootstrap, topic)
     return report(args, warm, cap, how, rate, load, reader.arrivals, sampler.samples, start, retirements,
-                  counts, exited)
+                  counts, exited, cap_errors)
 
 
-def report(args, warm, cap, how, rate, load, arrivals, samples, start, retirements, counts, exited) -> int:
+def report(args, warm, cap, how, rate, load, arrivals, samples, start, retirements, counts, exited,
+           cap_errors: dict[str, int]) -> int:
     rows = windows(load, arrivals, samples, start, args.minutes)
     first, last = rows[warm], rows[-1]
     # Every accepted create is one JobCreated event keyed by the job id (the capacity run's jobs
@@ -199,7 +208,7 @@ def report(args, warm, cap, how, rate, load, arrivals, samples, start, retiremen
     lost = sum(1 for job in load.due_of if job not in counts)
     duplicated = sum(counts[job] - 1 for job in load.due_of if counts.get(job, 0) > 1)
     not_streamed = len(set(load.due_of) - set(arrivals))
-    errors = sum(load.errors.values()) + len(exited)
+    errors = sum(load.errors.values()) + sum(cap_errors.values()) + len(exited)
     retired = sum(r["retired"] for r in retirements)
 
     def ratio(key: str) -> float:
@@ -230,7 +239,7 @@ def report(args, warm, cap, how, rate, load, arrivals, samples, start, retiremen
          notes=(f"{len(load.due_of):,} jobs accepted at {rate:,.0f}/s = {args.fraction:.0%} of {cap:,.0f} creates/s "
                 f"measured just before ({how}); retention {args.retention_seconds}s run every "
                 f"{args.retire_every:g}s ({len(retirements)} runs, {retired:,} rows retired); accepted but not "
-                f"seen by the SSE client: {not_streamed}; errors by kind: {load.errors}"
+                f"seen by the SSE client: {not_streamed}; errors by kind: {load.errors | cap_errors}"
                 f"{'; exited early: ' + ', '.join(exited) if exited else ''}. Ratios compare the last minute "
                 f"with minute {first['minute']} (the first {warm} fill the table).\n\n" + "\n".join(table)))
     return 0
