@@ -160,13 +160,14 @@ class StatementPool:
         await asyncio.gather(*(conn.close(timeout=2) for conn, _ in idle), return_exceptions=True)
 
     async def _acquire(self) -> asyncpg.Connection:
+        loop = asyncio.get_running_loop()
         deadline = None
         while True:
             if self._closed:
                 raise asyncpg.InterfaceError("the statement pool is closed")
             while self._idle:
                 conn, since = self._idle.pop()
-                if not conn.is_closed() and asyncio.get_running_loop().time() - since < self.IDLE_LIFETIME:
+                if not conn.is_closed() and loop.time() - since < self.IDLE_LIFETIME:
                     return conn
                 self._retire(conn)  # closed by the server while idle, or idle too long to trust
             if self._size < self._max_size:
@@ -178,7 +179,6 @@ class StatementPool:
                     self._size -= 1
                     self._wake()
                     raise
-            loop = asyncio.get_running_loop()
             waiter = loop.create_future()
             self._waiters.append(waiter)
             deadline = deadline or loop.time() + self._timeout
