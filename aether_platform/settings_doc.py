@@ -69,7 +69,7 @@ ELSEWHERE: dict[str, tuple[str, str, str]] = {
     "GRAFANA_TOKEN": ("dashboards_py", "(none)", "Grafana service-account token for `aether dashboards push`."),
     # benchmarks (bench/)
     "AETHER_BENCH_SECONDS": ("bench/", "15", "Measuring time per benchmark side."),
-    "AETHER_BENCH_ROUNDS": ("bench/api_write.py", "5", "Alternating rounds of the API write benchmark."),
+    "AETHER_BENCH_ROUNDS": ("bench/api_write.py", "10", "Alternating rounds of the API write benchmark."),
     "AETHER_BENCH_EVENTS": ("bench/relay_throughput.py", "1000000", "Outbox rows of the relay benchmark."),
     "AETHER_BENCH_LATENCY_SECONDS": ("bench/relay_latency.py", "20", "How long the relay latency benchmark writes."),
     "AETHER_BENCH_GROWTH_ROWS": ("bench/outbox_growth.py", "1000000", "Outbox sizes measured, a comma list."),

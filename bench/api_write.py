@@ -25,8 +25,11 @@
    socket error and timeout counts. Baseline at the same offered rate: pgbench -R with the same
    statement, whose latencies also count from the scheduled start.
 
-Phases 1 and 2 alternate in AETHER_BENCH_ROUNDS rounds (default 5) that share
-AETHER_BENCH_SECONDS (default 15) per side; the ratio is of their means.
+Phases 1 and 2 alternate in AETHER_BENCH_ROUNDS rounds (default 10) of STEP seconds per side
+(AETHER_BENCH_SECONDS / 5, as long as a sweep's step: 3 s by default); the ratio is of their
+means. One round's ratio moved between 0.29 and 0.59 on this machine within minutes, so ten
+rounds, not five: the mean's spread is about 30 % smaller. Which side leads a round alternates
+(round_order), and both databases are settled before every phase, of 1, 2 and 3 alike.
 
 Env: AETHER_BENCH_SECONDS, AETHER_BENCH_ROUNDS, AETHER_BENCH_PGBENCH_CLIENTS, AETHER_BENCH_API_POOLS,
 AETHER_API_WORKERS (default: as the stack, cores - 1).
@@ -56,7 +59,8 @@ SECONDS = int(os.environ.get("AETHER_BENCH_SECONDS", 15))
 WORKERS = int(os.environ.get("AETHER_API_WORKERS", stack.default_api_workers()))
 STEADY_TENANT = "00000000-0000-0000-0000-0000000000bb"
 STEADY_RATE = 500
-ROUNDS = int(os.environ.get("AETHER_BENCH_ROUNDS", 5))
+ROUNDS = int(os.environ.get("AETHER_BENCH_ROUNDS", 10))
+STEP = max(2, SECONDS // 5)  # one sweep setting's or one round's phase, seconds
 PGBENCH_CLIENTS = [int(c) for c in os.environ.get("AETHER_BENCH_PGBENCH_CLIENTS", "10,25,50,100").split(",") if c]
 API_POOLS = [int(c) for c in os.environ.get("AETHER_BENCH_API_POOLS", "5,10,20,30").split(",") if c]
 FRACTIONS = (0.25, 0.5)
@@ -147,12 +151,22 @@ def pgbench_best_clients(url: str, seconds: int) -> tuple[int, dict[int, float]]
     return mirrored_sweep(PGBENCH_CLIENTS, lambda clients: pgbench(url, seconds, clients)[0])
 
 
-def settle(url: str) -> None:
-    """The saturation phase leaves autovacuum and checkpoint work that would otherwise land in
-    the steady phase and measure the cleanup of the previous phase rather than a steady state."""
-    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
-        conn.execute("VACUUM ANALYZE jobs, outbox_events, idempotency_keys")
-        conn.execute("CHECKPOINT")
+def round_order(r: int, first, second) -> tuple:
+    """Round r's two phases, the first side leading in odd rounds and the other in even ones.
+    A phase inherits what the one before it left: with a fixed order the API always ran right
+    after pgbench, which writes about 2.5x its rows, and in three make bench runs the API's
+    worst round was always the last. Alternating the lead (ABBA) gives each side the other's
+    leftovers equally often; settle() before every phase removes most of them."""
+    return (first, second) if r % 2 else (second, first)
+
+
+def settle(*urls: str) -> None:
+    """A write phase leaves autovacuum and checkpoint work that would otherwise land in the next
+    phase, which would then measure the previous phase's cleanup rather than its own writes."""
+    for url in urls:
+        with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE jobs, outbox_events, idempotency_keys")
+            conn.execute("CHECKPOINT")
 
 
 def start_api(url: str, pool: int) -> tuple[subprocess.Popen, int]:
@@ -229,16 +243,11 @@ def main() -> None:
     # same sweep for their best concurrency against the database.
     progress("warm-up, 3s: database (pgbench)")
     pgbench(ceiling_db, 3, CLIENTS)
-    sweep = max(2, SECONDS // 5)
-    progress(f"pgbench client sweep, {sweep}s each, two passes in mirrored order: {PGBENCH_CLIENTS}")
-    best_clients, sweep_tps = pgbench_best_clients(ceiling_db, sweep)
-    progress(f"API pool sweep, python -m api, {WORKERS} workers, warm-up 3s then {sweep}s each, two passes in "
+    progress(f"pgbench client sweep, {STEP}s each, two passes in mirrored order: {PGBENCH_CLIENTS}")
+    best_clients, sweep_tps = pgbench_best_clients(ceiling_db, STEP)
+    progress(f"API pool sweep, python -m api, {WORKERS} workers, warm-up 3s then {STEP}s each, two passes in "
              f"mirrored order: {API_POOLS}")
-    best_pool, sweep_rps = api_best_pool(api_db, sweep, errors)
-    # The sweeps leave vacuum and checkpoint work that would land on the rounds' first side.
-    progress("settling the databases (VACUUM ANALYZE, CHECKPOINT)")
-    settle(api_db)
-    settle(ceiling_db)
+    best_pool, sweep_rps = api_best_pool(api_db, STEP, errors)
     progress(f"starting the API: python -m api, {WORKERS} workers, pool {best_pool}; warm-up 3s")
     api, port = start_api(api_db, best_pool)
     steady_rows: list[tuple[str, float, bool, list[float], list[float], dict[str, int]]] = []
@@ -247,13 +256,19 @@ def main() -> None:
         # Ceiling and API alternate in short rounds: this machine's speed drifts by 20-30% within
         # minutes (other tenants), and a ratio of two phases minutes apart measured that drift.
         # The idle API process stays up during the pgbench rounds; it costs a few % of one core.
-        phase = max(1, SECONDS // ROUNDS)
         ceilings, runs = [], []
         for r in range(1, ROUNDS + 1):
-            progress(f"round {r}/{ROUNDS}: database ceiling, pgbench, {best_clients} clients, {phase}s")
-            ceilings.append(pgbench(ceiling_db, phase, best_clients)[0])
-            progress(f"round {r}/{ROUNDS}: API throughput, wrk, {CLIENTS} connections, {phase}s")
-            runs.append(counted_wrk(port, phase, errors))
+            def ceiling_phase() -> None:
+                progress(f"round {r}/{ROUNDS}: database ceiling, pgbench, {best_clients} clients, {STEP}s")
+                ceilings.append(pgbench(ceiling_db, STEP, best_clients)[0])
+
+            def api_phase() -> None:
+                progress(f"round {r}/{ROUNDS}: API throughput, wrk, {CLIENTS} connections, {STEP}s")
+                runs.append(counted_wrk(port, STEP, errors))
+
+            for side in round_order(r, ceiling_phase, api_phase):
+                settle(api_db, ceiling_db)
+                side()
         ceiling = sum(ceilings) / ROUNDS
         rps = sum(run[0] for run in runs) / ROUNDS
         p50 = sorted(run[1] for run in runs)[ROUNDS // 2]
@@ -265,11 +280,11 @@ def main() -> None:
             [(f"fixed {STEADY_RATE} req/s", float(STEADY_RATE), False)]
         for label, rate, judged in rates:
             progress("settling the databases (VACUUM ANALYZE, CHECKPOINT)")
-            settle(api_db)
-            settle(ceiling_db)
+            settle(api_db, ceiling_db)
             progress(f"{label}: API at {rate:,.0f} req/s for {SECONDS}s, open loop")
             load = uvloop.run(open_loop("127.0.0.1", port, STEADY_TENANT, rate, SECONDS))
             lat, errs = [a.latency * 1000 for a in load.accepted], load.errors
+            settle(api_db, ceiling_db)  # the baseline starts as clean as the API did
             progress(f"{label}: pgbench -R {rate:,.0f} for {SECONDS}s, {CLIENTS} clients")
             base = pgbench(ceiling_db, SECONDS, CLIENTS, rate)[1]
             steady_rows.append((label, rate, judged, lat, base, errs))
@@ -301,7 +316,8 @@ def main() -> None:
     offered = ", ".join(f"{label}: {rate:,.0f} req/s" for label, rate, *_ in steady_rows)
     emit("api_write", "CRM API: POST /api/crm/jobs against the database ceiling",
          "make bench  (or: python -m bench api_write)", figures, errors=errors,
-         notes=(f"{ROUNDS} alternating rounds of {phase}s (API req/s / ceiling TPS each: {rounds}); the figures "
+         notes=(f"{ROUNDS} alternating rounds of {STEP}s, pgbench leading the odd ones and the API the even ones, "
+                f"both databases settled before every phase (API req/s / ceiling TPS each: {rounds}); the figures "
                 f"are their means, the p50 their median and the p99 their maximum. pgbench client sweep (TPS, "
                 f"mean of two passes in mirrored order): {sweep_text}; the ceiling uses {best_clients}. API pool "
                 f"sweep (req/s, likewise): {pool_text}; the API "

@@ -1,7 +1,8 @@
-"""The concurrency sweep both sides of bench/api_write.py tune with: pure function, no servers."""
+"""The concurrency sweep both sides of bench/api_write.py tune with, and the order of its rounds'
+two phases: pure functions, no servers."""
 from __future__ import annotations
 
-from bench.api_write import mirrored_sweep
+from bench.api_write import mirrored_sweep, round_order
 
 
 def test_each_setting_is_measured_twice_in_mirrored_order_and_judged_on_its_mean():
@@ -29,3 +30,10 @@ def test_a_machine_slowing_down_during_the_sweep_does_not_pick_the_first_setting
     best, means = mirrored_sweep([5, 10, 20, 30], measure)
     assert best == 30
     assert max(means.values()) - min(means.values()) < 2
+
+
+def test_the_side_that_leads_a_round_alternates():
+    leads = [round_order(r, "pgbench", "api")[0] for r in range(1, 6)]
+    assert leads == ["pgbench", "api", "pgbench", "api", "pgbench"]
+    # Both sides run in every round, once each.
+    assert all(sorted(round_order(r, "pgbench", "api")) == ["api", "pgbench"] for r in range(1, 6))
