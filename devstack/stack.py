@@ -1077,7 +1077,7 @@ def _kafka_production_properties(cfg: Config, props: Path) -> list[str]:
     returns the storage-format arguments that create its SCRAM users. The KRaft controller
     listener stays plaintext on loopback: SCRAM cannot authenticate it (KIP-554); a real cluster
     puts it on mTLS (docs/deploy.md)."""
-    tls, sec = tls_dir(cfg), secrets_dir(cfg)
+    tls = tls_dir(cfg)
     text = props.read_text()
     text = text.replace(f"listeners=PLAINTEXT://127.0.0.1:{cfg.kafka_port}", f"listeners=SASL_SSL://127.0.0.1:{cfg.kafka_port}")
     text = text.replace("listener.security.protocol.map=PLAINTEXT:PLAINTEXT,", "listener.security.protocol.map=SASL_SSL:SASL_SSL,")
